@@ -1,0 +1,482 @@
+"""How a backup runs: paths in, objects and records out.
+
+    paths (find -print0) -> lstat + safe open (sourcefs) -> chunker -> object store
+                         -> directory records (tree.RecordWriter) -> backup record (catalog)
+
+Paths are handled as they arrive.  The directories on the way from the
+root to the current path are *open*: each has a RecordWriter collecting
+its entries.  When the input leaves a directory it is closed: its record is
+finished and its entry, holding the record's chunk list, goes into its
+parent.  In find order each directory is closed once and memory is bounded
+by the tree's depth; in any other order a directory left and re-entered is
+stored in fragments, which readers merge (tree.py).
+
+A file whose metadata matches an earlier backup of the same host and subset
+is not read again: its content reference is reused after confirming (and
+touching, for expiry) every object it names.  Every ``checkpoint_interval``
+seconds the tree so far is published as an unfinished backup record, so an
+interrupted backup's work is reused by the next run (seed feature 6).
+"""
+
+import os
+import stat
+import sys
+import time
+from typing import BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, TextIO, Tuple
+
+from .catalog import BackupRecord, make_backup_id, utc_now
+from .chunking import DATA_PARAMS, METADATA_PARAMS, Chunker
+from .compression import CompressionSpec, Compressor
+from .objectstore import ObjectStore, digest_of
+from .records import (FLAG_IMPLICIT, FLAG_INLINE, FLAG_PARTIAL, KIND_BLOCK, KIND_CHAR,
+                      KIND_DIR, KIND_FIFO, KIND_FILE, KIND_HARDLINK, KIND_SYMLINK, ChunkRef,
+                      Entry)
+from .savedir import SaveDir
+from .sourcefs import SourceError, SourceFile, SourceTree
+from .tree import RecordWriter, TreeReader, split_path, store_top_record
+
+# Files up to this size are stored inside their directory's record instead
+# of as objects of their own: most files on a real system are this small,
+# and an object file each would cost a 4 KiB block and an inode apiece.
+INLINE_MAX = 16 * 1024
+# Inline contents of earlier backups kept in memory per directory for
+# reuse; past this a directory's small files are simply read again.
+PREVIOUS_INLINE_BUDGET = 4 * 1024 * 1024
+# A file changed within this many ns of an earlier backup's start may have
+# changed again in the same timestamp tick after it was read: re-read it.
+TIMESTAMP_SLACK_NS = 2_000_000_000
+READ_BLOCK = 4 * 1024 * 1024
+
+
+class BackupOptions:
+    """Settings of one backup run."""
+
+    def __init__(self, subset: str, hostname: str,
+                 compression: Optional[CompressionSpec] = None,
+                 checkpoint_interval: float = 300.0, inode_check: bool = True,
+                 inline_max: int = INLINE_MAX) -> None:
+        self.subset = subset
+        self.hostname = hostname
+        self.compression = compression or CompressionSpec.parse("xz")
+        self.checkpoint_interval = checkpoint_interval
+        self.inode_check = inode_check
+        self.inline_max = inline_max
+
+
+class Reporter:
+    """Where a backup says what went wrong, and the hook for progress."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        self.errors = 0
+
+    def error(self, path: bytes, reason: str) -> None:
+        self.errors += 1
+        self.note(path, reason)
+
+    def note(self, path: bytes, reason: str) -> None:
+        self.stream.write("backshift: %s: %s\n" % (os.fsdecode(path), reason))
+        self.stream.flush()
+
+    def file_done(self, path: bytes, size: int) -> None:
+        """Called once per path handled (progress reports override this)."""
+
+    def finish(self) -> None:
+        """Called at the end of the backup."""
+
+
+def iter_nul_paths(stream: BinaryIO, block_size: int = 65536) -> Iterator[bytes]:
+    """Paths from a NUL-separated byte stream (find -print0), never decoded."""
+    pending = b""
+    while True:
+        block = stream.read(block_size)
+        if not block:
+            break
+        pending += block
+        parts = pending.split(b"\0")
+        pending = parts.pop()
+        for part in parts:
+            if part:
+                yield part
+    if pending:
+        yield pending
+
+
+class PreviousDir:
+    """What earlier backups stored in one directory, by name, for reuse."""
+
+    def __init__(self, reader: TreeReader, fragments: List[Entry]) -> None:
+        self._reader = reader
+        self._fragments = fragments
+        self._index: Optional[Dict[bytes, List[Entry]]] = None
+
+    def get(self, name: bytes) -> List[Entry]:
+        if self._index is None:
+            self._index = self._load()
+        return self._index.get(name, [])
+
+    def _load(self) -> Dict[bytes, List[Entry]]:
+        index: Dict[bytes, List[Entry]] = {}
+        inline_bytes = 0
+        for fragment in self._fragments:
+            try:
+                entries = list(self._reader.entries(fragment.chunks))
+            except Exception:  # a damaged earlier backup only costs us re-reading
+                continue
+            for entry in entries:
+                if entry.flags & FLAG_INLINE:
+                    inline_bytes += len(entry.inline or b"")
+                    if inline_bytes > PREVIOUS_INLINE_BUDGET:
+                        continue
+                index.setdefault(entry.name, []).append(entry)
+        return index
+
+
+class OpenDir:
+    """A directory the input is currently inside."""
+
+    __slots__ = ("name", "meta", "writer", "previous")
+
+    def __init__(self, name: bytes, writer: RecordWriter, previous: Optional[PreviousDir]) -> None:
+        self.name = name
+        self.meta: Optional[Entry] = None
+        self.writer = writer
+        self.previous = previous
+
+
+class Backup:
+    """One backup run into an opened save directory."""
+
+    def __init__(self, savedir: SaveDir, options: BackupOptions,
+                 reporter: Optional[Reporter] = None) -> None:
+        self.savedir = savedir
+        self.options = options
+        self.reporter = reporter or Reporter()
+        self.objects: ObjectStore = savedir.objects
+        self.compressor = Compressor(options.compression)
+        self.data_chunker = Chunker(DATA_PARAMS)
+        self.meta_chunker = Chunker(METADATA_PARAMS)
+        self.source = SourceTree()
+        self.reader = TreeReader(self.objects)
+        started = utc_now()
+        self.record = BackupRecord(make_backup_id(started, options.hostname, options.subset),
+                                   options.hostname, options.subset, started)
+        self.record.compression = str(options.compression)
+        self.previous_records = self._choose_previous()
+        self.stack: List[OpenDir] = []
+        self.hardlinks: Dict[Tuple[int, int], Tuple[bytes, Entry]] = {}
+        self.last_checkpoint = time.monotonic()
+        self.files_reused = 0
+
+    # -- earlier backups -------------------------------------------------
+
+    def _choose_previous(self) -> List[BackupRecord]:
+        """Earlier backups of this host and subset to reuse files from.
+
+        As the seed's program did: the most recent, the most recent
+        complete, and the largest complete one.
+        """
+        mine = [record for record in self.savedir.catalog.records()
+                if record.hostname == self.options.hostname
+                and record.subset == self.options.subset and record.root is not None]
+        chosen: List[BackupRecord] = []
+        complete = [record for record in mine if record.complete]
+        candidates = [mine[-1] if mine else None, complete[-1] if complete else None,
+                      max(complete, key=lambda r: r.files) if complete else None]
+        for candidate in candidates:
+            if candidate is not None and candidate not in chosen:
+                chosen.append(candidate)
+        return chosen
+
+    def _previous_root(self) -> Optional[PreviousDir]:
+        fragments: List[Entry] = []
+        for record in self.previous_records:
+            try:
+                fragments.extend(self.reader.root_entries(record.root or []))
+            except Exception:  # a damaged earlier backup only costs us re-reading
+                continue
+        return PreviousDir(self.reader, fragments) if fragments else None
+
+    def _previous_child(self, parent: OpenDir, name: bytes) -> Optional[PreviousDir]:
+        if parent.previous is None:
+            return None
+        fragments = [entry for entry in parent.previous.get(name) if entry.kind == KIND_DIR]
+        return PreviousDir(self.reader, fragments) if fragments else None
+
+    # -- the directory stack ----------------------------------------------
+
+    def _new_writer(self) -> RecordWriter:
+        return RecordWriter(self.objects, self.meta_chunker, self.compressor)
+
+    def _enter(self, components: List[bytes]) -> None:
+        """Make the open directories exactly root + ``components``."""
+        depth = 0
+        while (depth < len(components) and depth + 1 < len(self.stack)
+               and self.stack[depth + 1].name == components[depth]):
+            depth += 1
+        while len(self.stack) > depth + 1:
+            self._close_top()
+        for name in components[depth:]:
+            parent = self.stack[-1]
+            self.stack.append(OpenDir(name, self._new_writer(), self._previous_child(parent, name)))
+
+    def _close_top(self) -> None:
+        closing = self.stack.pop()
+        chunks = closing.writer.finish()
+        self.stack[-1].writer.add(self._dir_entry(closing, chunks))
+
+    @staticmethod
+    def _dir_entry(directory: OpenDir, chunks: List[ChunkRef]) -> Entry:
+        if directory.meta is not None:
+            entry = directory.meta
+            entry.chunks = chunks
+            return entry
+        return Entry(directory.name, KIND_DIR, flags=FLAG_IMPLICIT, chunks=chunks)
+
+    # -- running -----------------------------------------------------------
+
+    def run(self, paths: Iterable[bytes]) -> BackupRecord:
+        """Back up ``paths``; return the completed record."""
+        self.stack = [OpenDir(b"", self._new_writer(), self._previous_root())]
+        self.savedir.catalog.write(self.record)
+        try:
+            for path in paths:
+                self._save_path(path)
+                self._maybe_checkpoint()
+            while len(self.stack) > 1:
+                self._close_top()
+            root = self.stack.pop()
+            top = store_top_record(self.objects, self.compressor,
+                                   self._dir_entry(root, root.writer.finish()))
+            self.objects.sync()
+            self.record.root = top
+            self.record.errors = self.reporter.errors
+            self.record.state = "complete"
+            self.record.finished = utc_now()
+            self.savedir.catalog.write(self.record)
+        finally:
+            self.source.close()
+            self.reporter.finish()
+        return self.record
+
+    def _maybe_checkpoint(self, partial: Optional[Entry] = None) -> None:
+        if time.monotonic() - self.last_checkpoint >= self.options.checkpoint_interval:
+            self.checkpoint(partial)
+
+    def checkpoint(self, partial: Optional[Entry] = None) -> None:
+        """Publish the tree so far as an unfinished backup record."""
+        extra: List[Entry] = [partial] if partial is not None else []
+        for directory in reversed(self.stack):
+            chunks = directory.writer.snapshot(extra)
+            if directory is self.stack[0]:
+                root_entry = self._dir_entry_copy(directory, chunks)
+                self.record.root = store_top_record(self.objects, self.compressor, root_entry)
+            else:
+                extra = [self._dir_entry_copy(directory, chunks)]
+        self.objects.sync()
+        self.record.errors = self.reporter.errors
+        self.record.checkpoints += 1
+        self.savedir.catalog.write(self.record)
+        self.last_checkpoint = time.monotonic()
+
+    @staticmethod
+    def _dir_entry_copy(directory: OpenDir, chunks: List[ChunkRef]) -> Entry:
+        if directory.meta is None:
+            return Entry(directory.name, KIND_DIR, flags=FLAG_IMPLICIT, chunks=chunks)
+        meta = directory.meta
+        return Entry(meta.name, KIND_DIR, flags=meta.flags, mode=meta.mode, uid=meta.uid,
+                     gid=meta.gid, mtime_ns=meta.mtime_ns, ctime_ns=meta.ctime_ns,
+                     ino=meta.ino, size=meta.size, nlink=meta.nlink, uname=meta.uname,
+                     gname=meta.gname, chunks=chunks, extras=meta.extras)
+
+    # -- one path ------------------------------------------------------------
+
+    def _save_path(self, path: bytes) -> None:
+        try:
+            components = split_path(path)
+        except ValueError:
+            self.reporter.error(path, "path contains '..'; not saved")
+            return
+        try:
+            st = self.source.lstat(path)
+        except SourceError as exc:
+            self.reporter.error(path, str(exc))
+            return
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            self._enter(components)
+            self.stack[-1].meta = self._metadata(components[-1] if components else b"",
+                                                 KIND_DIR, st)
+            self.reporter.file_done(path, 0)
+            return
+        if not components:
+            self.reporter.error(path, "the root of a backup must be a directory; not saved")
+            return
+        self._enter(components[:-1])
+        name = components[-1]
+        try:
+            entry = self._entry_for(path, name, st)
+        except SourceError as exc:
+            self.reporter.error(path, str(exc))
+            return
+        if entry is None:
+            return
+        self.stack[-1].writer.add(entry)
+        self.record.files += 1
+        if entry.kind in (KIND_FILE, KIND_HARDLINK):
+            self.record.bytes += entry.size
+        self.reporter.file_done(path, entry.size)
+
+    def _metadata(self, name: bytes, kind: bytes, st: os.stat_result) -> Entry:
+        return Entry(name, kind, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+                     mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, ino=st.st_ino,
+                     size=0, nlink=st.st_nlink, uname=self.source.user_name(st.st_uid),
+                     gname=self.source.group_name(st.st_gid))
+
+    def _entry_for(self, path: bytes, name: bytes, st: os.stat_result) -> Optional[Entry]:
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            return self._file_entry(path, name, st)
+        if stat.S_ISLNK(mode):
+            entry = self._metadata(name, KIND_SYMLINK, st)
+            entry.target = self.source.readlink(path)
+            return entry
+        if stat.S_ISFIFO(mode):
+            return self._metadata(name, KIND_FIFO, st)
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            entry = self._metadata(name, KIND_CHAR if stat.S_ISCHR(mode) else KIND_BLOCK, st)
+            entry.rdev_major, entry.rdev_minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+            return entry
+        if stat.S_ISSOCK(mode):
+            self.reporter.note(path, "socket ignored")
+            return None
+        self.reporter.error(path, "unknown file type %o; not saved" % stat.S_IFMT(mode))
+        return None
+
+    def _file_entry(self, path: bytes, name: bytes, st: os.stat_result) -> Entry:
+        entry = self._metadata(name, KIND_FILE, st)
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and key in self.hardlinks:
+            first_path, first = self.hardlinks[key]
+            entry.kind = KIND_HARDLINK
+            entry.target = first_path
+            entry.size = first.size
+            entry.flags = first.flags & FLAG_INLINE
+            entry.inline, entry.chunks = first.inline, first.chunks
+            return entry
+        entry.size = st.st_size  # what a checkpoint of a partly read file records
+        if not self._reuse_previous(entry, st):
+            self._read_content(path, entry, st)
+        if st.st_nlink > 1:
+            self.hardlinks[key] = (b"/".join(split_path(path)), entry)
+        return entry
+
+    def _previous_match(self, name: bytes, st: os.stat_result) -> Optional[Entry]:
+        previous = self.stack[-1].previous
+        if previous is None:
+            return None
+        for candidate in previous.get(name):
+            if candidate.kind not in (KIND_FILE, KIND_HARDLINK):
+                continue
+            if (candidate.size, candidate.mtime_ns, candidate.ctime_ns) != \
+                    (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                continue
+            if self.options.inode_check and candidate.ino != st.st_ino:
+                continue
+            if candidate.flags & FLAG_INLINE and candidate.inline is None:
+                continue
+            if not candidate.flags & FLAG_INLINE and len(candidate.chunks) == 0 \
+                    and candidate.size:
+                continue
+            return candidate
+        return None
+
+    def _settled(self, st: os.stat_result) -> bool:
+        """Was the file last changed safely before every earlier backup began?"""
+        newest = max(st.st_mtime_ns, st.st_ctime_ns)
+        return all(newest < _ns(record) - TIMESTAMP_SLACK_NS for record in self.previous_records)
+
+    def _reuse_previous(self, entry: Entry, st: os.stat_result) -> bool:
+        """Take content from an earlier backup when metadata says it is unchanged."""
+        candidate = self._previous_match(entry.name, st)
+        if candidate is None or not self._settled(st):
+            return False
+        if candidate.flags & FLAG_PARTIAL:
+            return False  # resumed by _read_content
+        if not all(self.objects.touch(digest) for digest, _ in candidate.chunks):
+            return False  # expired meanwhile: read the file again
+        entry.flags |= candidate.flags & FLAG_INLINE
+        entry.inline, entry.chunks = candidate.inline, list(candidate.chunks)
+        entry.size = candidate.size
+        self.files_reused += 1
+        return True
+
+    def _resume_point(self, entry: Entry, st: os.stat_result) -> List[ChunkRef]:
+        """Chunks an interrupted backup already stored for this very file."""
+        previous = self.stack[-1].previous
+        if previous is None:
+            return []
+        for candidate in previous.get(entry.name):
+            if not candidate.flags & FLAG_PARTIAL:
+                continue
+            if (candidate.size, candidate.mtime_ns, candidate.ctime_ns) != \
+                    (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                continue
+            if self.options.inode_check and candidate.ino != st.st_ino:
+                continue
+            if all(self.objects.touch(digest) for digest, _ in candidate.chunks):
+                return list(candidate.chunks)
+        return []
+
+    def _read_content(self, path: bytes, entry: Entry, st: os.stat_result) -> None:
+        with self.source.open_file(path, st) as source:
+            if st.st_size <= self.options.inline_max:
+                head = source.read(self.options.inline_max + 1)
+                if len(head) <= self.options.inline_max:
+                    entry.flags |= FLAG_INLINE
+                    entry.inline = head
+                    entry.size = len(head)
+                    self._check_unchanged(path, source)
+                    return
+                entry.chunks = self._store_stream(entry, _prefixed(head, source.read))
+            else:
+                done = self._resume_point(entry, st)
+                if done:
+                    source.seek(sum(length for _, length in done))
+                entry.chunks = self._store_stream(entry, source.read, done)
+            entry.size = sum(length for _, length in entry.chunks)
+            self._check_unchanged(path, source)
+
+    def _check_unchanged(self, path: bytes, source: SourceFile) -> None:
+        if source.changed_while_read():
+            self.reporter.error(path, "file changed as we read it")
+
+    def _store_stream(self, entry: Entry, read: Callable[[int], bytes],
+                      done: Optional[List[ChunkRef]] = None) -> List[ChunkRef]:
+        chunks: List[ChunkRef] = list(done or [])
+        for piece in self.data_chunker.chunks(read):
+            digest = digest_of(piece)
+            self.objects.put(piece, self.compressor, digest)
+            chunks.append((digest, len(piece)))
+            if time.monotonic() - self.last_checkpoint >= self.options.checkpoint_interval:
+                partial = Entry(entry.name, KIND_FILE, flags=FLAG_PARTIAL, mode=entry.mode,
+                                uid=entry.uid, gid=entry.gid, mtime_ns=entry.mtime_ns,
+                                ctime_ns=entry.ctime_ns, ino=entry.ino, size=entry.size,
+                                nlink=entry.nlink, chunks=list(chunks))
+                self.checkpoint(partial)
+        return chunks
+
+
+def _ns(record: BackupRecord) -> int:
+    return int(record.started.timestamp()) * 1_000_000_000 + record.started.microsecond * 1000
+
+
+def _prefixed(head: bytes, read: Callable[[int], bytes]) -> Callable[[int], bytes]:
+    """A read function that first returns ``head``, then continues with ``read``."""
+    pending = [head]
+
+    def read_more(size: int) -> bytes:
+        if pending:
+            return pending.pop()
+        return read(size)
+    return read_more

@@ -1,0 +1,310 @@
+"""The backshift command line.
+
+Exit status: 0 all well; 1 some files were not saved, changed while being
+read, or are damaged in the save directory; 2 a fatal error (bad options, no
+save directory, unknown backup id).
+"""
+
+import argparse
+import io
+import os
+import sys
+from typing import BinaryIO, Iterable, List, Optional, Sequence
+
+from . import __version__
+from .backup import Backup, BackupOptions, iter_nul_paths
+from .catalog import CatalogError
+from .compression import CompressionSpec
+from .listing import list_backup, list_backups
+from .objectstore import ObjectError
+from .progress import LEVELS, make_reporter
+from .records import RecordError
+from .savedir import SaveDir, SaveDirError, default_hostname, init_savedir
+from .tarout import TarFormatError, TarWriter, produce_tar
+from .tree import TreeReader
+
+EXIT_OK = 0
+EXIT_PARTIAL = 1
+EXIT_FATAL = 2
+
+EXAMPLES = """\
+examples:
+  back up a root file system into a save directory on another disk:
+    find / -xdev -print0 | backshift --save-directory /where/ever/save-directory --backup --subset root
+
+  pull a remote system over sshfs (sshfs has one file system for all, so prune by hand):
+    cd /ssh/fs/base
+    find . -xdev \\( \\( -path ./sys -o -path ./dev -o -path ./var/run -o -path ./var/lock \\
+        -o -name .gvfs \\) -prune -o -print0 \\) | \\
+      backshift --save-directory /where/ever/save-directory --backup --init-savedir --subset fullsave
+
+  see what backups there are, then what one holds:
+    backshift --save-directory DIR --list-backups
+    backshift --save-directory DIR --list-backup --backup-id ID --starting-directory /etc
+
+  restore a directory through tar:
+    backshift --save-directory DIR --produce-tar --backup-id ID --starting-directory /etc | tar xvfp -
+
+  forget backups older than 90 days (keeping the newest 7 of each host and subset):
+    backshift --save-directory DIR --expire --max-age 90d --keep-last 7
+
+exit status: 0 all well; 1 some files not saved, changed while read, or damaged;
+2 fatal error (bad options, no save directory, unknown backup id).
+"""
+
+
+class UsageError(Exception):
+    """A bad option or option combination."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + traceback
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="backshift",
+        description="Deduplicating, compressing backups chosen with find -print0 and "
+                    "restored through tar.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version="backshift " + __version__)
+    parser.add_argument("--save-directory", metavar="DIR",
+                        help="the repository (save directory) to use")
+    actions = parser.add_argument_group("actions (choose one)")
+    for flag, text in (
+            ("--backup", "back up the NUL-separated paths read from stdin (or --filelist)"),
+            ("--list-backups", "list the backups in the save directory"),
+            ("--list-backup", "list the files of one backup, as tar tvf would"),
+            ("--list-backup-simply", "list the names of the files of one backup"),
+            ("--produce-tar", "write one backup (or a subtree) as a tar stream on stdout"),
+            ("--expire", "remove old backups and the data only they used"),
+            ("--check", "check every backup's records and that every object they use exists"),
+            ("--verify", "as --check, and read every object and verify its digest"),
+            ("--check-hashes", "the same as --verify")):
+        actions.add_argument(flag, action="store_true", help=text)
+    parser.add_argument("--init-savedir", action="store_true",
+                        help="create the save directory if it does not exist")
+    backup = parser.add_argument_group("backing up")
+    backup.add_argument("--subset", metavar="NAME",
+                        help="name of this set of files (e.g. root, home, fullsave)")
+    backup.add_argument("--hostname", metavar="NAME",
+                        help="host name to record (default: this host's short name)")
+    backup.add_argument("--filelist", metavar="FILE",
+                        help="read the NUL-separated paths from FILE instead of stdin")
+    backup.add_argument("--compression", metavar="CODEC[:LEVEL]", default="xz",
+                        help="xz[:0-9] (default xz:1), zlib[:0-9], bz2[:1-9] or none")
+    backup.add_argument("--progress-report", choices=LEVELS,
+                        help="progress on stderr (default: full on a terminal, else none)")
+    backup.add_argument("--no-stats", action="store_true",
+                        help="no progress report: stream the paths with little memory")
+    backup.add_argument("--no-inode-check", action="store_true",
+                        help="do not compare inode numbers to detect unchanged files "
+                             "(for sshfs and other file systems with unstable inodes)")
+    backup.add_argument("--checkpoint-interval", metavar="SECONDS", type=float, default=300.0,
+                        help="publish an unfinished backup record this often (default 300)")
+    backup.add_argument("--no-fsync", action="store_true",
+                        help="do not flush objects to disk (faster; unsafe on power loss)")
+    restore = parser.add_argument_group("listing and restoring")
+    restore.add_argument("--backup-id", metavar="ID", help="which backup")
+    restore.add_argument("--starting-directory", metavar="DIR",
+                         help="only this directory (or file) of the backup, e.g. /etc")
+    restore.add_argument("--nonrecursive", action="store_true",
+                         help="only the starting directory and its immediate entries")
+    restore.add_argument("--tar-format", choices=("gnu", "pax", "ustar"), default="gnu",
+                         help="tar format to produce (default gnu)")
+    restore.add_argument("--last-n", metavar="N", type=int,
+                         help="with --list-backups: only the newest N")
+    expire = parser.add_argument_group("expiring")
+    expire.add_argument("--max-age", metavar="DURATION",
+                        help="expire backups finished longer ago than this (90d, 12w, 1y, 3600s)")
+    expire.add_argument("--keep-last", metavar="N", type=int, default=0,
+                        help="keep the newest N completed backups of each host and subset")
+    return parser
+
+
+ACTIONS = ("backup", "list_backups", "list_backup", "list_backup_simply", "produce_tar",
+           "expire", "check", "verify", "check_hashes")
+
+
+def _chosen_action(args: argparse.Namespace) -> Optional[str]:
+    chosen = [action for action in ACTIONS if getattr(args, action)]
+    if len(chosen) > 1:
+        raise UsageError("choose one action, not %s" % " and ".join(
+            "--" + action.replace("_", "-") for action in chosen))
+    if not chosen:
+        if args.init_savedir:
+            return None
+        raise UsageError("no action given (--backup, --list-backups, --produce-tar, ...)")
+    return chosen[0]
+
+
+def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None,
+         stdout: Optional[BinaryIO] = None, stderr=None) -> int:
+    stdin = stdin if stdin is not None else sys.stdin.buffer
+    stdout = stdout if stdout is not None else sys.stdout.buffer
+    stderr = stderr if stderr is not None else sys.stderr
+    try:
+        args = build_parser().parse_args(argv)
+        return _run(args, stdin, stdout, stderr)
+    except UsageError as exc:
+        stderr.write("backshift: %s (see backshift --help)\n" % exc)
+        return EXIT_FATAL
+    except (SaveDirError, CatalogError) as exc:
+        stderr.write("backshift: %s\n" % exc)
+        return EXIT_FATAL
+    except (ObjectError, RecordError) as exc:
+        stderr.write("backshift: save directory damaged: %s\n" % exc)
+        return EXIT_FATAL
+    except TarFormatError as exc:
+        stderr.write("backshift: %s\n" % exc)
+        return EXIT_FATAL
+    except BrokenPipeError:
+        _silence_stdout()
+        stderr.write("backshift: output pipe closed early\n")
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        stderr.write("backshift: interrupted\n")
+        return 130
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else ""
+        stderr.write("backshift: %s%s\n" % ("%s: " % os.fsdecode(where) if where else "",
+                                           exc.strerror or exc))
+        return EXIT_FATAL
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout at exit; with the reader gone that would fail again.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
+
+
+def _require(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        if getattr(args, name) in (None, ""):
+            raise UsageError("--%s is required here" % name.replace("_", "-"))
+
+
+def _run(args: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, stderr) -> int:
+    action = _chosen_action(args)
+    _require(args, "save_directory")
+    savedir_path = args.save_directory
+    hostname = args.hostname or default_hostname()
+    if args.init_savedir:
+        init_savedir(savedir_path, hostname)
+        if action is None:
+            return EXIT_OK
+    savedir = SaveDir(savedir_path, hostname, durable=not args.no_fsync)
+    if action == "backup":
+        return _backup(args, savedir, hostname, stdin, stderr)
+    if action == "list_backups":
+        records = list(savedir.catalog.records())
+        if args.last_n is not None:
+            records = records[-args.last_n:] if args.last_n > 0 else []
+        list_backups(records, stdout)
+        stdout.flush()
+        return EXIT_OK
+    if action in ("list_backup", "list_backup_simply", "produce_tar"):
+        _require(args, "backup_id")
+        record = _read_record(savedir, args.backup_id)
+        start = os.fsencode(args.starting_directory or "")
+        reader = TreeReader(savedir.objects)
+        if args.starting_directory and not reader.lookup(record.root, start):
+            raise CatalogError("%s: not in backup %s" % (args.starting_directory,
+                                                           record.backup_id))
+        if action == "produce_tar":
+            return _produce_tar(args, savedir, reader, record, start, stdout, stderr)
+        out = io.BufferedWriter(_Unclosable(stdout), 1 << 16)
+        list_backup(reader, record.root, start, out, simply=action == "list_backup_simply",
+                    recursive=not args.nonrecursive)
+        out.flush()
+        return EXIT_OK
+    if action == "expire":
+        from .expiry import run_expire
+        return run_expire(savedir, args, stderr)
+    from .checking import run_check
+    return run_check(savedir, verify=action != "check", out=stderr)
+
+
+class _Unclosable(io.RawIOBase):
+    """Lets a BufferedWriter batch writes to a stream it must not close."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._stream.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+def _read_record(savedir: SaveDir, backup_id: str):
+    try:
+        record = savedir.catalog.read(backup_id)
+    except CatalogError as exc:
+        recent = savedir.catalog.ids()[-5:]
+        hint = "; recent ids: " + ", ".join(recent) if recent else "; the save directory has no backups"
+        raise CatalogError(str(exc) + hint) from None
+    if record.root is None:
+        raise CatalogError("backup %s has no saved files yet (it was interrupted at once)"
+                           % backup_id)
+    return record
+
+
+def _produce_tar(args, savedir: SaveDir, reader: TreeReader, record, start: bytes,
+                 stdout: BinaryIO, stderr) -> int:
+    def on_damage(path: bytes, reason: str) -> None:
+        stderr.write("backshift: %s: damaged: %s\n" % (os.fsdecode(path), reason))
+
+    out = io.BufferedWriter(_Unclosable(stdout), 1 << 20)
+    writer = TarWriter(out, savedir.objects, args.tar_format, on_damage)
+    produce_tar(reader, record.root, start, writer, recursive=not args.nonrecursive)
+    out.flush()
+    return EXIT_PARTIAL if writer.damaged else EXIT_OK
+
+
+def _paths(args: argparse.Namespace, stdin: BinaryIO) -> Iterable[bytes]:
+    if args.filelist:
+        handle = open(args.filelist, "rb")
+        return iter_nul_paths(handle)
+    return iter_nul_paths(stdin)
+
+
+def _backup(args: argparse.Namespace, savedir: SaveDir, hostname: str, stdin: BinaryIO,
+            stderr) -> int:
+    _require(args, "subset")
+    try:
+        compression = CompressionSpec.parse(args.compression)
+    except ValueError as exc:
+        raise UsageError("--compression: %s" % exc) from None
+    if args.checkpoint_interval <= 0:
+        raise UsageError("--checkpoint-interval must be positive")
+    level = args.progress_report
+    if level is None:
+        level = "full" if stderr.isatty() and not args.no_stats else "none"
+    elif args.no_stats and level != "none":
+        raise UsageError("--no-stats and --progress-report %s contradict each other" % level)
+    reporter, inhale = make_reporter(level, stderr)
+    paths: Iterable[bytes] = _paths(args, stdin)
+    if inhale:
+        paths = reporter.inhale(paths)  # type: ignore[attr-defined]
+    options = BackupOptions(args.subset, hostname, compression,
+                            checkpoint_interval=args.checkpoint_interval,
+                            inode_check=not args.no_inode_check)
+    record = Backup(savedir, options, reporter).run(paths)
+    if level != "none":
+        stderr.write("backshift: backup %s complete: %d files, %d bytes, %d errors\n"
+                     % (record.backup_id, record.files, record.bytes, record.errors))
+    return EXIT_PARTIAL if record.errors else EXIT_OK
+
+
+def entry_point() -> None:
+    sys.exit(main())

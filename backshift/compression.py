@@ -1,0 +1,121 @@
+"""Compression of object payloads.
+
+Each stored object names its codec in its header, so a save directory may
+mix codecs (a repository written with ``--compression zlib`` and later with
+xz restores either way).  Before paying for the strong compressor, a cheap
+zlib level 1 trial on samples of the chunk decides whether the data
+compresses at all; incompressible chunks (photos, video, archives) are
+stored raw.  The decision depends on content only, never on a file name.
+"""
+
+import bz2
+import lzma
+import zlib
+from typing import Optional, Tuple
+
+CODEC_NONE = 0
+CODEC_ZLIB = 1
+CODEC_XZ = 2
+CODEC_BZ2 = 3
+CODEC_NAMES = {CODEC_NONE: "none", CODEC_ZLIB: "zlib", CODEC_XZ: "xz", CODEC_BZ2: "bz2"}
+
+DEFAULT_LEVELS = {"xz": 1, "zlib": 6, "bz2": 9, "none": None}
+LEVEL_RANGES = {"xz": range(0, 10), "zlib": range(0, 10), "bz2": range(1, 10)}
+
+# Below this size a compressor's own framing outweighs what it can save.
+MIN_COMPRESS_SIZE = 64
+# The trial compresses up to three samples of this size (start, middle, end).
+TRIAL_SAMPLE = 16 * 1024
+# As borg's "auto" mode: only data that shrinks to below this ratio in the
+# fast trial is handed to the strong compressor.
+TRIAL_RATIO = 0.97
+
+
+class CompressionSpec:
+    """A parsed ``--compression`` value such as ``xz``, ``xz:6`` or ``zlib:1``."""
+
+    __slots__ = ("name", "level")
+
+    def __init__(self, name: str, level: Optional[int]) -> None:
+        self.name = name
+        self.level = level
+
+    @classmethod
+    def parse(cls, text: str) -> "CompressionSpec":
+        name, _, level_text = text.partition(":")
+        name = name.strip().lower()
+        if name not in DEFAULT_LEVELS:
+            raise ValueError("unknown compression %r (choose xz, zlib, bz2 or none)" % name)
+        if not level_text:
+            return cls(name, DEFAULT_LEVELS[name])
+        if name == "none":
+            raise ValueError("compression 'none' takes no level")
+        try:
+            level = int(level_text)
+        except ValueError:
+            raise ValueError("compression level %r is not a number" % level_text) from None
+        if level not in LEVEL_RANGES[name]:
+            bounds = LEVEL_RANGES[name]
+            raise ValueError("%s level must be %d to %d" % (name, bounds[0], bounds[-1]))
+        return cls(name, level)
+
+    def __str__(self) -> str:
+        return self.name if self.level is None else "%s:%d" % (self.name, self.level)
+
+
+def looks_compressible(data: bytes) -> bool:
+    """Cheap trial: does zlib level 1 shrink samples of ``data`` enough?"""
+    size = len(data)
+    if size <= 3 * TRIAL_SAMPLE:
+        samples = [data]
+    else:
+        middle = size // 2 - TRIAL_SAMPLE // 2
+        samples = [data[:TRIAL_SAMPLE], data[middle:middle + TRIAL_SAMPLE], data[-TRIAL_SAMPLE:]]
+    raw = sum(len(sample) for sample in samples)
+    packed = sum(len(zlib.compress(sample, 1)) for sample in samples)
+    return packed < raw * TRIAL_RATIO
+
+
+class Compressor:
+    """Compresses payloads according to a CompressionSpec."""
+
+    def __init__(self, spec: CompressionSpec) -> None:
+        self.spec = spec
+        if spec.name == "xz":
+            # No integrity check inside xz: every object is verified by its digest.
+            self._filters = [{"id": lzma.FILTER_LZMA2, "preset": spec.level}]
+
+    def compress(self, data: bytes) -> Tuple[int, bytes]:
+        """Return (codec, payload); payload is ``data`` itself when storing raw."""
+        name = self.spec.name
+        if name == "none" or len(data) < MIN_COMPRESS_SIZE or not looks_compressible(data):
+            return CODEC_NONE, data
+        if name == "xz":
+            payload = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_NONE,
+                                    filters=self._filters)
+            codec = CODEC_XZ
+        elif name == "zlib":
+            payload = zlib.compress(data, self.spec.level)
+            codec = CODEC_ZLIB
+        else:
+            payload = bz2.compress(data, self.spec.level)
+            codec = CODEC_BZ2
+        if len(payload) >= len(data):
+            return CODEC_NONE, data
+        return codec, payload
+
+
+def decompress(codec: int, payload: bytes) -> bytes:
+    """Inverse of Compressor.compress; raises ValueError on unknown or corrupt data."""
+    try:
+        if codec == CODEC_NONE:
+            return payload
+        if codec == CODEC_XZ:
+            return lzma.decompress(payload, format=lzma.FORMAT_XZ)
+        if codec == CODEC_ZLIB:
+            return zlib.decompress(payload)
+        if codec == CODEC_BZ2:
+            return bz2.decompress(payload)
+    except (lzma.LZMAError, zlib.error, OSError, EOFError) as exc:
+        raise ValueError("corrupt %s payload: %s" % (CODEC_NAMES[codec], exc)) from None
+    raise ValueError("unknown codec %d" % codec)

@@ -1,0 +1,247 @@
+"""The object store: immutable, content-addressed objects under ``objects/``.
+
+An object lives at ``objects/<first two hex digits>/<64 hex digits>``, the
+BLAKE2b-256 digest of its *uncompressed* content.  Its file is a 16-byte
+header (``b"BSHO"``, u8 format version, u8 codec, u16 zero, u64
+uncompressed length) followed by the payload.
+
+Writers never modify a file another process may read: an object is written
+to a uniquely named temporary file in its own directory, flushed to disk,
+and renamed into place.  Two writers racing to store the same object both
+succeed, since either rename leaves the same bytes.  An object that is
+already present is *touched* (its mtime set to now) instead of rewritten;
+expiry relies on that mark (see FORMAT.md, "Expiry").
+"""
+
+import errno
+import hashlib
+import os
+import struct
+from typing import Callable, Iterator, Optional, Set, Tuple
+
+from .compression import Compressor, decompress
+
+OBJECTS_DIR = "objects"
+OBJECT_MAGIC = b"BSHO"
+OBJECT_VERSION = 1
+OBJECT_HEADER = struct.Struct("<4sBBHQ")
+DIGEST_SIZE = 32
+TEMP_PREFIX = ".tmp-"
+# How many digests a writer remembers as "known present" before forgetting
+# them all; bounds memory on very large backups.
+KNOWN_LIMIT = 200_000
+
+
+class ObjectError(Exception):
+    """An object that is missing, unreadable or does not match its digest."""
+
+    def __init__(self, digest: bytes, reason: str) -> None:
+        super().__init__("object %s: %s" % (digest.hex(), reason))
+        self.digest = digest
+        self.reason = reason
+
+
+def digest_of(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
+
+
+def unique_suffix(hostname: str) -> str:
+    """A name part no other writer (host, process) will choose."""
+    safe_host = "".join(c if c.isalnum() or c in "-." else "_" for c in hostname)
+    return "%s-%d-%s" % (safe_host, os.getpid(), os.urandom(6).hex())
+
+
+def write_file_atomically(directory: str, name: str, data: bytes, hostname: str,
+                          durable: bool = True) -> None:
+    """Write ``directory/name`` via a unique temporary file and a rename."""
+    temp = os.path.join(directory, TEMP_PREFIX + unique_suffix(hostname))
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(temp)
+        raise
+    os.close(fd)
+    final = os.path.join(directory, name)
+    try:
+        os.rename(temp, final)
+    except OSError as exc:
+        # Some network file systems refuse to rename onto an existing name;
+        # an object already there holds the same bytes, so that is success.
+        _unlink_quietly(temp)
+        if not (exc.errno in (errno.EEXIST, errno.EACCES, errno.EPERM) and os.path.exists(final)):
+            raise
+
+
+def fsync_directory(path: str) -> None:
+    """Make renames into ``path`` durable (ignored where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _drop_from_cache(fd: int) -> None:
+    """Tell the kernel we will not read this file again (seed feature 7)."""
+    if hasattr(os, "posix_fadvise"):
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+
+
+class ObjectStore:
+    """Reads and writes objects in ``<save directory>/objects``."""
+
+    def __init__(self, savedir: str, hostname: str, durable: bool = True) -> None:
+        self.root = os.path.join(savedir, OBJECTS_DIR)
+        self.hostname = hostname
+        self.durable = durable
+        self._known: Set[bytes] = set()
+        self._dirty_dirs: Set[str] = set()
+        self.objects_written = 0
+        self.bytes_written = 0
+
+    @staticmethod
+    def create_layout(savedir: str) -> None:
+        root = os.path.join(savedir, OBJECTS_DIR)
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        for prefix in range(256):
+            os.makedirs(os.path.join(root, "%02x" % prefix), mode=0o700, exist_ok=True)
+
+    def path_of(self, digest: bytes) -> str:
+        hexdigest = digest.hex()
+        return os.path.join(self.root, hexdigest[:2], hexdigest)
+
+    def touch(self, digest: bytes) -> bool:
+        """Mark an existing object as just referenced; False if it is absent."""
+        if digest in self._known:
+            return True
+        try:
+            os.utime(self.path_of(digest))
+        except FileNotFoundError:
+            return False
+        self._remember(digest)
+        return True
+
+    def exists(self, digest: bytes) -> bool:
+        return os.path.exists(self.path_of(digest))
+
+    def put(self, data: bytes, compressor: Compressor,
+            digest: Optional[bytes] = None) -> bytes:
+        """Store ``data`` unless already present; return its digest."""
+        if digest is None:
+            digest = digest_of(data)
+        if self.touch(digest):
+            return digest
+        codec, payload = compressor.compress(data)
+        self.put_encoded(digest, codec, len(data), payload)
+        return digest
+
+    def put_encoded(self, digest: bytes, codec: int, length: int, payload: bytes) -> None:
+        """Write an already compressed object (the caller computed digest and payload)."""
+        header = OBJECT_HEADER.pack(OBJECT_MAGIC, OBJECT_VERSION, codec, 0, length)
+        directory = os.path.dirname(self.path_of(digest))
+        write_file_atomically(directory, digest.hex(), header + payload, self.hostname,
+                              self.durable)
+        self._dirty_dirs.add(directory)
+        self._remember(digest)
+        self.objects_written += 1
+        self.bytes_written += len(payload) + OBJECT_HEADER.size
+
+    def _remember(self, digest: bytes) -> None:
+        if len(self._known) >= KNOWN_LIMIT:
+            self._known.clear()
+        self._known.add(digest)
+
+    def forget_known(self) -> None:
+        """Make the next put/touch of every object go to the disk again."""
+        self._known.clear()
+
+    def sync(self) -> None:
+        """Make every rename done so far durable; call before referring to them."""
+        if not self.durable:
+            self._dirty_dirs.clear()
+            return
+        for directory in sorted(self._dirty_dirs):
+            fsync_directory(directory)
+        self._dirty_dirs.clear()
+
+    def read_raw(self, digest: bytes) -> Tuple[int, int, bytes]:
+        """(codec, uncompressed length, payload) of an object, unverified."""
+        path = self.path_of(digest)
+        try:
+            with open(path, "rb") as handle:
+                blob = handle.read()
+                _drop_from_cache(handle.fileno())
+        except FileNotFoundError:
+            raise ObjectError(digest, "missing") from None
+        except OSError as exc:
+            raise ObjectError(digest, "unreadable: %s" % exc.strerror) from None
+        if len(blob) < OBJECT_HEADER.size:
+            raise ObjectError(digest, "truncated header")
+        magic, version, codec, _zero, length = OBJECT_HEADER.unpack_from(blob, 0)
+        if magic != OBJECT_MAGIC or version != OBJECT_VERSION:
+            raise ObjectError(digest, "bad header")
+        return codec, length, blob[OBJECT_HEADER.size:]
+
+    def get(self, digest: bytes, verify: bool = True) -> bytes:
+        """The uncompressed content of an object, checked against its digest."""
+        codec, length, payload = self.read_raw(digest)
+        try:
+            data = decompress(codec, payload)
+        except ValueError as exc:
+            raise ObjectError(digest, str(exc)) from None
+        if len(data) != length:
+            raise ObjectError(digest, "length %d, header says %d" % (len(data), length))
+        if verify and digest_of(data) != digest:
+            raise ObjectError(digest, "content does not match its digest")
+        return data
+
+    def iter_digests(self, on_prefix: Optional[Callable[[int], None]] = None) -> Iterator[bytes]:
+        """Every object present (temporary files skipped)."""
+        for prefix in range(256):
+            if on_prefix is not None:
+                on_prefix(prefix)
+            directory = os.path.join(self.root, "%02x" % prefix)
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if len(name) == 2 * DIGEST_SIZE and not name.startswith("."):
+                    try:
+                        yield bytes.fromhex(name)
+                    except ValueError:
+                        continue
+
+    def temp_files(self) -> Iterator[str]:
+        """Paths of temporary files left in object directories."""
+        for prefix in range(256):
+            directory = os.path.join(self.root, "%02x" % prefix)
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.startswith(TEMP_PREFIX):
+                    yield os.path.join(directory, name)

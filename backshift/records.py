@@ -1,0 +1,226 @@
+"""Metadata records: how one directory's entries are encoded.
+
+A directory record is the byte stream ``b"BSDR" u32:version`` followed by
+entries, each self-delimiting.  Entries appear in the order the backup met
+them (find order), so an unchanged directory backed up twice in the same
+order encodes to the same bytes and deduplicates.  The stream is cut into
+objects by the chunker like file data (see FORMAT.md, "Directory records").
+
+One entry::
+
+    u32  total length of the entry, this field included
+    u8   kind     (b'f' file, b'd' directory, b'l' symlink, b'h' hard link,
+                   b'p' fifo, b'c' char device, b'b' block device)
+    u8   flags    (INLINE, PARTIAL, IMPLICIT, CONTINUATION, SPARSE)
+    u16  reserved, zero
+    u32  mode     (permission and special bits, st_mode & 0o7777)
+    u32  uid, u32 gid
+    i64  mtime_ns, i64 ctime_ns
+    u64  inode, u64 size
+    u32  nlink, u32 rdev major, u32 rdev minor
+    then six length-prefixed (u32) byte strings:
+    name, uname, gname, target, data, extras
+
+``data`` is the file content itself when INLINE is set, otherwise a chunk
+list: 36-byte items of a 32-byte digest and a u32 length.  For a directory
+it is the chunk list of the child directory's own record.  ``extras`` holds
+optional key/value pairs (u16 key length, key, u32 value length, value),
+keys sorted, e.g. ``xattr.user.foo`` or ``sparse``.
+
+All integers are little-endian.  The module is pure: no file system access.
+"""
+
+import struct
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+RECORD_MAGIC = b"BSDR"
+RECORD_VERSION = 1
+RECORD_HEADER = struct.Struct("<4sI")
+
+KIND_FILE = b"f"
+KIND_DIR = b"d"
+KIND_SYMLINK = b"l"
+KIND_HARDLINK = b"h"
+KIND_FIFO = b"p"
+KIND_CHAR = b"c"
+KIND_BLOCK = b"b"
+KINDS = (KIND_FILE, KIND_DIR, KIND_SYMLINK, KIND_HARDLINK, KIND_FIFO, KIND_CHAR, KIND_BLOCK)
+
+FLAG_INLINE = 0x01        # data is the content itself, not a chunk list
+FLAG_PARTIAL = 0x02       # checkpoint of a file still being read: chunks cover a prefix
+FLAG_IMPLICIT = 0x04      # directory never named in the input: no metadata of its own
+FLAG_CONTINUATION = 0x08  # more entries of a directory already seen earlier in this record
+FLAG_SPARSE = 0x10        # extras["sparse"] lists the data extents; chunks cover only those
+
+_FIXED = struct.Struct("<IBBHIIIqqQQIII")
+_LEN = struct.Struct("<I")
+_CHUNK = struct.Struct("<32sI")
+_KEYLEN = struct.Struct("<H")
+
+ChunkRef = Tuple[bytes, int]  # (32-byte digest, uncompressed length)
+
+
+class RecordError(ValueError):
+    """A directory record that does not parse."""
+
+
+class Entry:
+    """One directory entry; see the module docstring for the encoding."""
+
+    __slots__ = ("name", "kind", "flags", "mode", "uid", "gid", "mtime_ns", "ctime_ns",
+                 "ino", "size", "nlink", "rdev_major", "rdev_minor", "uname", "gname",
+                 "target", "inline", "chunks", "extras")
+
+    def __init__(self, name: bytes, kind: bytes, *, flags: int = 0, mode: int = 0,
+                 uid: int = 0, gid: int = 0, mtime_ns: int = 0, ctime_ns: int = 0,
+                 ino: int = 0, size: int = 0, nlink: int = 1, rdev_major: int = 0,
+                 rdev_minor: int = 0, uname: bytes = b"", gname: bytes = b"",
+                 target: bytes = b"", inline: Optional[bytes] = None,
+                 chunks: Optional[List[ChunkRef]] = None,
+                 extras: Optional[Dict[bytes, bytes]] = None) -> None:
+        self.name = name
+        self.kind = kind
+        self.flags = flags
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.mtime_ns = mtime_ns
+        self.ctime_ns = ctime_ns
+        self.ino = ino
+        self.size = size
+        self.nlink = nlink
+        self.rdev_major = rdev_major
+        self.rdev_minor = rdev_minor
+        self.uname = uname
+        self.gname = gname
+        self.target = target
+        self.inline = inline
+        self.chunks = chunks if chunks is not None else []
+        self.extras = extras if extras is not None else {}
+
+    def __repr__(self) -> str:
+        return "Entry(%r, %r, size=%d, flags=%#x)" % (self.name, self.kind, self.size, self.flags)
+
+    @property
+    def is_inline(self) -> bool:
+        return bool(self.flags & FLAG_INLINE)
+
+    @property
+    def has_metadata(self) -> bool:
+        return not self.flags & (FLAG_IMPLICIT | FLAG_CONTINUATION)
+
+    def stored_length(self) -> int:
+        """Bytes of content held for this entry (inline or in chunks)."""
+        if self.flags & FLAG_INLINE:
+            return len(self.inline or b"")
+        return sum(length for _, length in self.chunks)
+
+
+def encode_chunks(chunks: Sequence[ChunkRef]) -> bytes:
+    return b"".join(_CHUNK.pack(digest, length) for digest, length in chunks)
+
+
+def decode_chunks(data: bytes) -> List[ChunkRef]:
+    if len(data) % _CHUNK.size:
+        raise RecordError("chunk list length %d is not a multiple of %d" % (len(data), _CHUNK.size))
+    return [_CHUNK.unpack_from(data, offset) for offset in range(0, len(data), _CHUNK.size)]
+
+
+def encode_extras(extras: Dict[bytes, bytes]) -> bytes:
+    parts = []
+    for key in sorted(extras):
+        value = extras[key]
+        parts.append(_KEYLEN.pack(len(key)) + key + _LEN.pack(len(value)) + value)
+    return b"".join(parts)
+
+
+def decode_extras(data: bytes) -> Dict[bytes, bytes]:
+    extras = {}
+    offset = 0
+    try:
+        while offset < len(data):
+            (key_len,) = _KEYLEN.unpack_from(data, offset)
+            offset += 2
+            key = data[offset:offset + key_len]
+            offset += key_len
+            (value_len,) = _LEN.unpack_from(data, offset)
+            offset += 4
+            extras[key] = data[offset:offset + value_len]
+            offset += value_len
+    except struct.error as exc:
+        raise RecordError("truncated extras") from exc
+    if offset != len(data):
+        raise RecordError("extras overrun their field")
+    return extras
+
+
+def encode_entry(entry: Entry) -> bytes:
+    """The bytes of one entry, length field included."""
+    if entry.flags & FLAG_INLINE:
+        data = entry.inline or b""
+    else:
+        data = encode_chunks(entry.chunks)
+    extras = encode_extras(entry.extras) if entry.extras else b""
+    variable = b"".join(_LEN.pack(len(field)) + field for field in
+                        (entry.name, entry.uname, entry.gname, entry.target, data, extras))
+    total = _FIXED.size + len(variable)
+    return _FIXED.pack(total, entry.kind[0], entry.flags, 0, entry.mode, entry.uid, entry.gid,
+                       entry.mtime_ns, entry.ctime_ns, entry.ino, entry.size, entry.nlink,
+                       entry.rdev_major, entry.rdev_minor) + variable
+
+
+def decode_entry(buf: bytes, offset: int = 0) -> Tuple[Entry, int]:
+    """Decode the entry at ``offset``; return it and the offset after it."""
+    try:
+        (total, kind, flags, _reserved, mode, uid, gid, mtime_ns, ctime_ns, ino, size, nlink,
+         rdev_major, rdev_minor) = _FIXED.unpack_from(buf, offset)
+    except struct.error as exc:
+        raise RecordError("truncated entry header at offset %d" % offset) from exc
+    end = offset + total
+    if total < _FIXED.size or end > len(buf):
+        raise RecordError("entry at offset %d claims %d bytes" % (offset, total))
+    fields = []
+    pos = offset + _FIXED.size
+    for _ in range(6):
+        if pos + 4 > end:
+            raise RecordError("truncated entry at offset %d" % offset)
+        (length,) = _LEN.unpack_from(buf, pos)
+        pos += 4
+        if pos + length > end:
+            raise RecordError("field overruns entry at offset %d" % offset)
+        fields.append(bytes(buf[pos:pos + length]))
+        pos += length
+    if pos != end:
+        raise RecordError("entry at offset %d has %d stray bytes" % (offset, end - pos))
+    name, uname, gname, target, data, extras = fields
+    kind_byte = bytes((kind,))
+    if kind_byte not in KINDS:
+        raise RecordError("unknown entry kind %r for %r" % (kind_byte, name))
+    entry = Entry(name, kind_byte, flags=flags, mode=mode, uid=uid, gid=gid,
+                  mtime_ns=mtime_ns, ctime_ns=ctime_ns, ino=ino, size=size, nlink=nlink,
+                  rdev_major=rdev_major, rdev_minor=rdev_minor, uname=uname, gname=gname,
+                  target=target, extras=decode_extras(extras) if extras else None)
+    if flags & FLAG_INLINE:
+        entry.inline = data
+    else:
+        entry.chunks = decode_chunks(data)
+    return entry, end
+
+
+def record_header() -> bytes:
+    return RECORD_HEADER.pack(RECORD_MAGIC, RECORD_VERSION)
+
+
+def iter_entries(record: bytes) -> Iterator[Entry]:
+    """Entries of a complete directory record, in stored order."""
+    if len(record) < RECORD_HEADER.size:
+        raise RecordError("directory record too short")
+    magic, version = RECORD_HEADER.unpack_from(record, 0)
+    if magic != RECORD_MAGIC:
+        raise RecordError("not a directory record (magic %r)" % magic)
+    if version != RECORD_VERSION:
+        raise RecordError("directory record version %d is not supported" % version)
+    offset = RECORD_HEADER.size
+    while offset < len(record):
+        entry, offset = decode_entry(record, offset)
+        yield entry

@@ -1,0 +1,147 @@
+"""Reading a backup's tree of directory records.
+
+A backup record's ``root`` is the chunk list of a *top record*: a directory
+record holding exactly one entry, named ``b""``, for the backup's root
+directory.  Each directory entry's chunk list is its own record.  A
+directory may appear in its parent more than once (fragments, when the input
+was not in find order); walking merges them.
+"""
+
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+from .chunking import Chunker
+from .compression import Compressor
+from .objectstore import ObjectStore
+from .records import (FLAG_IMPLICIT, KIND_DIR, ChunkRef, Entry, encode_entry, iter_entries,
+                      record_header)
+
+
+def split_path(path: bytes) -> List[bytes]:
+    """Components of a backup path: leading '/' and './' dropped, '.' and '' skipped.
+
+    '..' is refused: a backup path never climbs out of its root.
+    """
+    components = [part for part in path.split(b"/") if part not in (b"", b".")]
+    if b".." in components:
+        raise ValueError("path %r contains '..'" % path)
+    return components
+
+
+def join_path(parent: bytes, name: bytes) -> bytes:
+    return parent + b"/" + name if parent else name
+
+
+class TreeReader:
+    """Loads directory records of one save directory's object store."""
+
+    def __init__(self, objects: ObjectStore) -> None:
+        self.objects = objects
+
+    def read_record(self, chunks: Sequence[ChunkRef]) -> bytes:
+        return b"".join(self.objects.get(digest) for digest, _length in chunks)
+
+    def entries(self, chunks: Sequence[ChunkRef]) -> Iterator[Entry]:
+        return iter_entries(self.read_record(chunks))
+
+    def root_entries(self, root: Sequence[ChunkRef]) -> List[Entry]:
+        """The root directory entry (normally one) of a backup's top record."""
+        return [entry for entry in self.entries(root) if entry.name == b""]
+
+    def lookup(self, root: Sequence[ChunkRef], path: bytes) -> List[Entry]:
+        """Every entry (directory fragments included) stored at ``path``."""
+        current = self.root_entries(root)
+        for name in split_path(path):
+            found = []
+            for directory in current:
+                if directory.kind != KIND_DIR:
+                    continue
+                found.extend(entry for entry in self.entries(directory.chunks)
+                             if entry.name == name)
+            current = found
+            if not current:
+                break
+        return current
+
+    def walk(self, root: Sequence[ChunkRef], start: bytes = b"",
+             include_implicit: bool = False,
+             recursive: bool = True) -> Iterator[Tuple[bytes, Entry]]:
+        """(path, entry) pairs at and below ``start`` in stored order, parents first.
+
+        Paths are relative, without a leading '/'; the backup's root itself
+        has the path b"".  Directories never named in the input (IMPLICIT)
+        are skipped unless ``include_implicit``.  Not ``recursive``: only
+        ``start`` and, if it is a directory, its immediate entries.
+        """
+        prefix = b"/".join(split_path(start))
+        for entry in self.lookup(root, start):
+            yield from self._walk_entry(prefix, entry, include_implicit, recursive)
+
+    def _walk_entry(self, path: bytes, entry: Entry, include_implicit: bool,
+                    recursive: bool) -> Iterator[Tuple[bytes, Entry]]:
+        if include_implicit or not entry.flags & FLAG_IMPLICIT:
+            yield path, entry
+        if entry.kind == KIND_DIR:
+            # Depth-first with an explicit stack of record iterators keeps
+            # deep trees off the Python call stack.
+            stack = [(path, self.entries(entry.chunks))]
+            while stack:
+                parent, children = stack[-1]
+                child: Optional[Entry] = next(children, None)
+                if child is None:
+                    stack.pop()
+                    continue
+                child_path = join_path(parent, child.name)
+                if include_implicit or not child.flags & FLAG_IMPLICIT:
+                    yield child_path, child
+                if child.kind == KIND_DIR and recursive:
+                    stack.append((child_path, self.entries(child.chunks)))
+
+
+class RecordWriter:
+    """Builds one directory record as a stream, storing chunks as it grows.
+
+    Memory stays at about two metadata chunks per open directory however
+    many entries it has.  Chunk boundaries are those the chunker would find
+    on the whole record, so an unchanged directory stores nothing new.
+    """
+
+    def __init__(self, objects: ObjectStore, chunker: Chunker, compressor: Compressor) -> None:
+        self._objects = objects
+        self._chunker = chunker
+        self._compressor = compressor
+        self._buffer = bytearray(record_header())
+        self._flush_at = 2 * chunker.params.max_size
+        self.chunks: List[ChunkRef] = []
+        self.count = 0
+
+    def add(self, entry: Entry) -> None:
+        self._buffer += encode_entry(entry)
+        self.count += 1
+        if len(self._buffer) >= self._flush_at:
+            pieces = self._chunker.split(bytes(self._buffer))
+            # The last piece ends only because the buffer does: keep it.
+            for piece in pieces[:-1]:
+                self._store(piece)
+            self._buffer = bytearray(pieces[-1])
+
+    def _store(self, piece: bytes) -> None:
+        self.chunks.append((self._objects.put(piece, self._compressor), len(piece)))
+
+    def finish(self) -> List[ChunkRef]:
+        """Store the rest; return the record's chunk list."""
+        for piece in self._chunker.split(bytes(self._buffer)):
+            self._store(piece)
+        self._buffer = bytearray()
+        return self.chunks
+
+    def snapshot(self, extra: Sequence[Entry] = ()) -> List[ChunkRef]:
+        """The chunk list of the record so far plus ``extra``, leaving the writer as it was."""
+        tail = bytes(self._buffer) + b"".join(encode_entry(entry) for entry in extra)
+        digest = self._objects.put(tail, self._compressor)
+        return self.chunks + [(digest, len(tail))]
+
+
+def store_top_record(objects: ObjectStore, compressor: Compressor, root: Entry) -> List[ChunkRef]:
+    """Store the one-entry record naming a backup's root directory."""
+    record = record_header() + encode_entry(root)
+    return [(objects.put(record, compressor), len(record))]

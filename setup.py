@@ -1,0 +1,33 @@
+"""Installs the backshift package and its two commands."""
+
+import os
+import re
+
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "backshift", "__init__.py"), encoding="utf-8") as handle:
+    VERSION = re.search(r'__version__ = "([^"]+)"', handle.read()).group(1)
+
+setup(
+    name="backshift",
+    version=VERSION,
+    description="Deduplicating, xz-compressing backups chosen with find -print0, "
+                "restored through tar",
+    long_description=open(os.path.join(HERE, "README"), encoding="utf-8").read(),
+    long_description_content_type="text/plain",
+    license="GPL-3.0-or-later",
+    packages=["backshift"],
+    python_requires=">=3.9",
+    install_requires=[],
+    entry_points={"console_scripts": ["backshift = backshift.cli:entry_point",
+                                      "randomize = backshift.randomize:entry_point"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.9",
+        "Programming Language :: Python :: Implementation :: CPython",
+        "Programming Language :: Python :: Implementation :: PyPy",
+        "Operating System :: POSIX",
+        "Topic :: System :: Archiving :: Backup",
+    ],
+)
