@@ -48,7 +48,7 @@ def collect_files(root, limit):
     return b"".join(parts)
 
 
-def naive_gear(data, mask_bits=20, min_size=512 * 1024, max_size=8 * 1024 * 1024):
+def naive_gear(data, mask_bits=20, min_size=0, max_size=8 * 1024 * 1024):
     """Per-byte gear rolling hash in plain Python (a FastCDC-like chunker)."""
     import hashlib
 
@@ -75,18 +75,22 @@ def naive_gear(data, mask_bits=20, min_size=512 * 1024, max_size=8 * 1024 * 1024
     return cuts
 
 
-def measure_chunker(params, data, mode):
+def measure_chunker(params, data, mode, repeat):
+    """Best time of repeat runs, and the chunk sizes."""
     chunker = Chunker(params)
-    if mode == "chunks":
-        stream = io.BytesIO(data)
-        t0 = time.perf_counter()
-        sizes = [len(c) for c in chunker.chunks(stream.read)]
-        dt = time.perf_counter() - t0
-    else:  # boundaries only
-        t0 = time.perf_counter()
-        sizes = [b - a for a, b in chunker.cut_ranges(data)]
-        dt = time.perf_counter() - t0
-    return dt, sizes
+    best = None
+    for _ in range(repeat):
+        if mode == "chunks":
+            stream = io.BytesIO(data)
+            t0 = time.perf_counter()
+            sizes = [len(c) for c in chunker.chunks(stream.read)]
+            dt = time.perf_counter() - t0
+        else:  # boundaries only
+            t0 = time.perf_counter()
+            sizes = [b - a for a, b in chunker.cut_ranges(data)]
+            dt = time.perf_counter() - t0
+        best = dt if best is None else min(best, dt)
+    return best, sizes
 
 
 def row(name, method, nbytes, dt, sizes):
@@ -113,6 +117,7 @@ def main(argv=None):
     ap.add_argument("--size-mib", type=int, default=256, help="MiB per data set")
     ap.add_argument("--source", default="/usr/lib", help="directory of real files")
     ap.add_argument("--naive-mib", type=int, default=4, help="MiB for the naive loop")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per row (best is shown)")
     args = ap.parse_args(argv)
 
     size = args.size_mib * MIB
@@ -135,15 +140,17 @@ def main(argv=None):
     )
     for name, data in datasets:
         for mode in ("chunks", "cut_ranges"):
-            dt, sizes = measure_chunker(DATA_PARAMS, data, mode)
+            dt, sizes = measure_chunker(DATA_PARAMS, data, mode, args.repeat)
             row(name, "Chunker.%s (data)" % mode, len(data), dt, sizes)
-        dt, sizes = measure_chunker(METADATA_PARAMS, data[: 64 * MIB], "chunks")
+        dt, sizes = measure_chunker(METADATA_PARAMS, data[: 64 * MIB], "chunks", args.repeat)
         row(name, "Chunker.chunks (metadata)", min(len(data), 64 * MIB), dt, sizes)
-        # The naive loop hashes from min_size on, like the chunker; scale its
-        # parameters down so the small sample still yields several chunks.
+        # The naive loop hashes every byte (min_size 0) with a 64 KiB mask so
+        # that the small sample still yields several chunks: its MB/s is the
+        # speed of a per-byte loop, to compare with the hashed part of the
+        # chunker's work.
         sample = data[: args.naive_mib * MIB]
         t0 = time.perf_counter()
-        sizes = naive_gear(sample, mask_bits=16, min_size=32 * 1024, max_size=512 * 1024)
+        sizes = naive_gear(sample, mask_bits=16, min_size=0, max_size=512 * 1024)
         dt = time.perf_counter() - t0
         row(name, "naive gear, per byte", len(sample), dt, sizes)
 
