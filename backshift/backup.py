@@ -162,6 +162,7 @@ class Backup:
         self.record = BackupRecord(make_backup_id(started, options.hostname, options.subset),
                                    options.hostname, options.subset, started)
         self.record.compression = str(options.compression)
+        self.record.checkpoint_interval = options.checkpoint_interval
         self.previous_records = self._choose_previous()
         self.stack: List[OpenDir] = []
         self.hardlinks: Dict[Tuple[int, int], Tuple[bytes, Entry]] = {}

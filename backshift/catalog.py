@@ -63,6 +63,9 @@ class BackupRecord:
         self.errors = 0
         self.compression = ""
         self.checkpoints = 0
+        # Seconds between checkpoints: the record's mtime is replaced at least
+        # this often while the backup lives (expiry judges liveness by it).
+        self.checkpoint_interval = 300.0
 
     @property
     def complete(self) -> bool:
@@ -85,6 +88,7 @@ class BackupRecord:
             "errors": self.errors,
             "compression": self.compression,
             "checkpoints": self.checkpoints,
+            "checkpoint_interval": self.checkpoint_interval,
         }
         return (json.dumps(document, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
@@ -106,6 +110,7 @@ class BackupRecord:
             record.errors = int(document.get("errors", 0))
             record.compression = document.get("compression", "")
             record.checkpoints = int(document.get("checkpoints", 0))
+            record.checkpoint_interval = float(document.get("checkpoint_interval", 300.0))
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise CatalogError("backup record does not parse: %s" % exc) from None
         if record.state not in (STATE_UNFINISHED, STATE_COMPLETE):

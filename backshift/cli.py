@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="expire backups finished longer ago than this (90d, 12w, 1y, 3600s)")
     expire.add_argument("--keep-last", metavar="N", type=int, default=0,
                         help="keep the newest N completed backups of each host and subset")
+    expire.add_argument("--expire-grace", metavar="DURATION", default="1h",
+                        help="keep unreferenced objects used this recently (default 1h; "
+                             "at least how far the writers' clocks may be off)")
     return parser
 
 

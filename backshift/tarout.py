@@ -150,7 +150,10 @@ class TarWriter:
 def produce_tar(reader: TreeReader, root: Sequence[ChunkRef], start: bytes, writer: TarWriter,
                 recursive: bool = True) -> None:
     """Write every entry of a backup at or below ``start`` (in stored order)."""
-    for path, entry in reader.walk(root, start, recursive=recursive):
+    # A damaged directory record costs only what is below it: reported like
+    # a damaged file (exit 1), and the stream goes on well formed.
+    for path, entry in reader.walk(root, start, recursive=recursive,
+                                   on_damage=writer._damage):
         writer.add(path, entry)
     writer.close()
 

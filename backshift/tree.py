@@ -7,13 +7,16 @@ directory may appear in its parent more than once (fragments, when the input
 was not in find order); walking merges them.
 """
 
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 from .chunking import Chunker
 from .compression import Compressor
-from .objectstore import ObjectStore
-from .records import (FLAG_IMPLICIT, KIND_DIR, ChunkRef, Entry, encode_entry, iter_entries,
-                      record_header)
+from .objectstore import ObjectError, ObjectStore
+from .records import (FLAG_IMPLICIT, KIND_DIR, ChunkRef, Entry, RecordError, encode_entry,
+                      iter_entries, record_header)
+
+# on_damage(directory path, reason): a directory record that cannot be read.
+DamageHandler = Callable[[bytes, str], None]
 
 
 def split_path(path: bytes) -> List[bytes]:
@@ -63,30 +66,42 @@ class TreeReader:
         return current
 
     def walk(self, root: Sequence[ChunkRef], start: bytes = b"",
-             include_implicit: bool = False,
-             recursive: bool = True) -> Iterator[Tuple[bytes, Entry]]:
+             include_implicit: bool = False, recursive: bool = True,
+             on_damage: Optional[DamageHandler] = None) -> Iterator[Tuple[bytes, Entry]]:
         """(path, entry) pairs at and below ``start`` in stored order, parents first.
 
         Paths are relative, without a leading '/'; the backup's root itself
         has the path b"".  Directories never named in the input (IMPLICIT)
         are skipped unless ``include_implicit``.  Not ``recursive``: only
-        ``start`` and, if it is a directory, its immediate entries.
+        ``start`` and, if it is a directory, its immediate entries.  A
+        directory record that cannot be read raises, or with ``on_damage``
+        is reported as ``on_damage(directory path, reason)`` and the walk
+        goes on with the rest of the tree.
         """
         prefix = b"/".join(split_path(start))
         for entry in self.lookup(root, start):
-            yield from self._walk_entry(prefix, entry, include_implicit, recursive)
+            yield from self._walk_entry(prefix, entry, include_implicit, recursive, on_damage)
 
     def _walk_entry(self, path: bytes, entry: Entry, include_implicit: bool,
-                    recursive: bool) -> Iterator[Tuple[bytes, Entry]]:
+                    recursive: bool,
+                    on_damage: Optional[DamageHandler]) -> Iterator[Tuple[bytes, Entry]]:
         if include_implicit or not entry.flags & FLAG_IMPLICIT:
             yield path, entry
         if entry.kind == KIND_DIR:
             # Depth-first with an explicit stack of record iterators keeps
             # deep trees off the Python call stack.
-            stack = [(path, self.entries(entry.chunks))]
+            stack: List[Tuple[bytes, Iterator[Entry]]] = []
+            self._push(stack, path, entry.chunks, on_damage)
             while stack:
                 parent, children = stack[-1]
-                child: Optional[Entry] = next(children, None)
+                try:
+                    child: Optional[Entry] = next(children, None)
+                except RecordError as exc:
+                    if on_damage is None:
+                        raise
+                    on_damage(parent, "directory record does not parse (%s); "
+                                      "the rest of this directory is lost" % exc)
+                    child = None
                 if child is None:
                     stack.pop()
                     continue
@@ -94,7 +109,17 @@ class TreeReader:
                 if include_implicit or not child.flags & FLAG_IMPLICIT:
                     yield child_path, child
                 if child.kind == KIND_DIR and recursive:
-                    stack.append((child_path, self.entries(child.chunks)))
+                    self._push(stack, child_path, child.chunks, on_damage)
+
+    def _push(self, stack: List[Tuple[bytes, Iterator[Entry]]], path: bytes,
+              chunks: Sequence[ChunkRef], on_damage: Optional[DamageHandler]) -> None:
+        try:
+            stack.append((path, self.entries(chunks)))
+        except ObjectError as exc:
+            if on_damage is None:
+                raise
+            on_damage(path, "directory contents lost: %s (object %s)"
+                      % (exc.reason, exc.digest.hex()))
 
 
 class RecordWriter:
