@@ -62,6 +62,17 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a count of things to show)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a whole number" % text) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1, not %s" % text)
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="backshift",
@@ -113,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="only the starting directory and its immediate entries")
     restore.add_argument("--tar-format", choices=("gnu", "pax", "ustar"), default="gnu",
                          help="tar format to produce (default gnu)")
-    restore.add_argument("--last-n", metavar="N", type=int,
+    restore.add_argument("--last-n", metavar="N", type=_positive_int,
                          help="with --list-backups: only the newest N")
     expire = parser.add_argument_group("expiring")
     expire.add_argument("--max-age", metavar="DURATION",
@@ -267,11 +278,20 @@ def _produce_tar(args, savedir: SaveDir, reader: TreeReader, record, start: byte
     def on_damage(path: bytes, reason: str) -> None:
         stderr.write("backshift: %s: damaged: %s\n" % (os.fsdecode(path), reason))
 
+    def on_skip(path: bytes, reason: str) -> None:
+        # One entry the format cannot hold must not cost the rest of the
+        # restore: report it, keep the stream well formed, exit 1.
+        stderr.write("backshift: %s\n" % reason)
+
     out = io.BufferedWriter(_Unclosable(stdout), 1 << 20)
-    writer = TarWriter(out, savedir.objects, args.tar_format, on_damage)
+    writer = TarWriter(out, savedir.objects, args.tar_format, on_damage, on_skip)
     produce_tar(reader, record.root, start, writer, recursive=not args.nonrecursive)
     out.flush()
-    return EXIT_PARTIAL if writer.damaged else EXIT_OK
+    if writer.attrs_dropped:
+        stderr.write("backshift: note: %d entries have extended attributes, ACLs or sub-second "
+                     "times that %s format cannot hold; --tar-format pax keeps them\n"
+                     % (writer.attrs_dropped, args.tar_format))
+    return EXIT_PARTIAL if writer.damaged or writer.skipped else EXIT_OK
 
 
 def _paths(args: argparse.Namespace, stdin: BinaryIO) -> Iterable[bytes]:

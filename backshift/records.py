@@ -52,6 +52,10 @@ FLAG_IMPLICIT = 0x04      # directory never named in the input: no metadata of i
 FLAG_CONTINUATION = 0x08  # more entries of a directory already seen earlier in this record
 FLAG_SPARSE = 0x10        # extras["sparse"] lists the data extents; chunks cover only those
 
+# Keys of Entry.extras (see FORMAT.md, "Extras").
+XATTR_PREFIX = b"xattr."  # + attribute name -> raw value, as lgetxattr returns it
+SPARSE_KEY = b"sparse"    # data extents of a SPARSE file (encode_extents)
+
 _FIXED = struct.Struct("<IBBHIIIqqQQIII")
 _LEN = struct.Struct("<I")
 _CHUNK = struct.Struct("<32sI")
@@ -124,6 +128,29 @@ def decode_chunks(data: bytes) -> List[ChunkRef]:
     if len(data) % _CHUNK.size:
         raise RecordError("chunk list length %d is not a multiple of %d" % (len(data), _CHUNK.size))
     return [_CHUNK.unpack_from(data, offset) for offset in range(0, len(data), _CHUNK.size)]
+
+
+Extent = Tuple[int, int]  # (offset in the file, length) of a data region
+_EXTENT = struct.Struct("<QQ")
+
+
+def encode_extents(extents: Sequence[Extent]) -> bytes:
+    """The ``sparse`` extra: (u64 offset, u64 length) pairs, ascending."""
+    return b"".join(_EXTENT.pack(offset, length) for offset, length in extents)
+
+
+def decode_extents(data: bytes, size: int) -> List[Extent]:
+    """Data extents of a sparse file of ``size`` bytes; checked to be ordered and in range."""
+    if len(data) % _EXTENT.size:
+        raise RecordError("sparse map length %d is not a multiple of %d" % (len(data), _EXTENT.size))
+    extents = [_EXTENT.unpack_from(data, offset) for offset in range(0, len(data), _EXTENT.size)]
+    end = 0
+    for offset, length in extents:
+        if offset < end or offset + length > size:
+            raise RecordError("sparse map extent (%d, %d) out of order or past the end"
+                              % (offset, length))
+        end = offset + length
+    return extents
 
 
 def encode_extras(extras: Dict[bytes, bytes]) -> bytes:

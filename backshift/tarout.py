@@ -1,21 +1,42 @@
 """How tar is produced: a backup (or a subtree of it) as a tar stream.
 
-Headers come from the standard library's ``tarfile`` (GNU, PAX or ustar);
-file data is streamed chunk by chunk straight from the object store, so no
+File data is streamed chunk by chunk straight from the object store, so no
 file is ever held whole in memory and nothing is written to disk.  Names
-are relative: the backup's root is ``./`` and nothing has a leading ``/``
-or a ``..`` component.  A chunk that is missing or damaged is reported on
-stderr and replaced by zeros of its length, so the stream stays well formed.
+are relative: the backup's root is ``./`` and no member name has a leading
+``/`` or a ``..`` component (a record holding one is reported and skipped).
+Symlink targets are written exactly as stored.  A chunk that is missing or
+damaged is reported and replaced by zeros of its length, so the stream
+stays well formed.
+
+What each format keeps (see also README):
+
+* ``gnu`` (default): everything but extended attributes, ACLs and
+  sub-second times; long names as GNU ``L``/``K`` members, big numbers in
+  base-256, sparse files as old GNU sparse members (type ``S``).
+* ``pax``: everything.  Extended headers carry the path, link target,
+  names, big ids and sizes, ``mtime`` in ns, ``SCHILY.xattr.<name>`` for
+  each extended attribute, ``SCHILY.acl.access``/``.default`` for ACLs,
+  and sparse files as GNU sparse 1.0.
+* ``ustar``: seconds only, no attributes; sparse files are written out
+  with their holes as zeros.  An entry it cannot hold (long name, 8 GiB or
+  more, big ids) is reported and skipped.
+
+Headers other than PAX come from the standard library's ``tarfile``.  PAX
+extended headers are built here because ``tarfile`` takes only text
+values: extended attribute values are arbitrary bytes, their names need
+GNU tar's ``%``-escaping, and sparse members need GNU's own keywords.
 """
 
 import os
 import stat
+import struct
 import tarfile
-from typing import BinaryIO, Callable, Dict, Optional, Sequence, Set
+from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .objectstore import ObjectError, ObjectStore
-from .records import (FLAG_INLINE, KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE,
-                      KIND_HARDLINK, KIND_SYMLINK, ChunkRef, Entry)
+from .records import (FLAG_INLINE, FLAG_SPARSE, KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO,
+                      KIND_FILE, KIND_HARDLINK, KIND_SYMLINK, SPARSE_KEY, XATTR_PREFIX,
+                      ChunkRef, Entry, Extent, RecordError, decode_extents)
 from .tree import TreeReader
 
 FORMATS = {"gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT, "ustar": tarfile.USTAR_FORMAT}
@@ -24,6 +45,12 @@ RECORD = tarfile.RECORDSIZE
 _TYPES = {KIND_FILE: tarfile.REGTYPE, KIND_DIR: tarfile.DIRTYPE, KIND_SYMLINK: tarfile.SYMTYPE,
           KIND_HARDLINK: tarfile.LNKTYPE, KIND_FIFO: tarfile.FIFOTYPE,
           KIND_CHAR: tarfile.CHRTYPE, KIND_BLOCK: tarfile.BLKTYPE}
+_ACL_KEYS = {b"system.posix_acl_access": b"SCHILY.acl.access",
+             b"system.posix_acl_default": b"SCHILY.acl.default"}
+# Old GNU sparse header: four (offset, numbytes) pairs of 12-byte numbers at
+# 386, the "isextended" flag at 482 and the real size at 483; extension
+# blocks hold 21 pairs and their own flag at 504.
+_GNU_SPARSE_AT, _GNU_SPARSE_IN_HEADER, _GNU_SPARSE_PER_BLOCK = 386, 4, 21
 
 
 class TarFormatError(Exception):
@@ -35,22 +62,111 @@ def member_name(path: bytes) -> str:
     return os.fsdecode(path) if path else "."
 
 
+def safe_member(path: bytes) -> bool:
+    """Is ``path`` relative, without empty, '.' or '..' components?"""
+    if not path:
+        return True
+    return all(part not in (b"", b".", b"..") for part in path.split(b"/"))
+
+
 def _text(value: bytes) -> str:
     return value.decode("utf-8", "surrogateescape")
+
+
+def _number(value: int, digits: int) -> bytes:
+    """A GNU numeric field (octal, or base-256 when too big) as tarfile writes it."""
+    return tarfile.itn(value, digits, tarfile.GNU_FORMAT)
+
+
+def pax_records(items: Sequence[Tuple[bytes, bytes]]) -> bytes:
+    """POSIX extended header records: ``"<len> <keyword>=<value>\\n"``, values raw bytes."""
+    out = []
+    for keyword, value in items:
+        body = b" " + keyword + b"=" + value + b"\n"
+        length = len(body) + 1
+        while len(str(length)) + len(body) != length:
+            length = len(str(length)) + len(body)
+        out.append(str(length).encode("ascii") + body)
+    return b"".join(out)
+
+
+def xattr_keyword(name: bytes) -> bytes:
+    """``SCHILY.xattr.<name>`` with '%' and '=' escaped as GNU tar does (and reads back)."""
+    return b"SCHILY.xattr." + name.replace(b"%", b"%25").replace(b"=", b"%3D")
+
+
+def acl_text(value: bytes) -> Optional[bytes]:
+    """The text form GNU tar and bsdtar restore (``user:1000:rw-`` lines) of a
+    ``system.posix_acl_*`` attribute, ids kept numeric as stored; None if malformed."""
+    tags = {0x01: b"user", 0x02: b"user", 0x04: b"group", 0x08: b"group", 0x10: b"mask",
+            0x20: b"other"}
+    if len(value) < 4 or (len(value) - 4) % 8 or struct.unpack_from("<I", value)[0] != 2:
+        return None
+    lines = []
+    for offset in range(4, len(value), 8):
+        tag, perm, ident = struct.unpack_from("<HHI", value, offset)
+        if tag not in tags:
+            return None
+        qualifier = b"%d" % ident if tag in (0x02, 0x08) else b""
+        perms = bytes(char if perm & bit else ord("-") for char, bit in
+                      ((ord("r"), 4), (ord("w"), 2), (ord("x"), 1)))
+        lines.append(tags[tag] + b":" + qualifier + b":" + perms + b"\n")
+    return b"".join(lines)
+
+
+def _pax_time(ns: int) -> bytes:
+    sign = b"-" if ns < 0 else b""
+    seconds, fraction = divmod(abs(ns), 1_000_000_000)
+    if not fraction:
+        return sign + b"%d" % seconds
+    return sign + (b"%d.%09d" % (seconds, fraction)).rstrip(b"0")
+
+
+def _fits_ustar(value: bytes, length: int) -> bool:
+    return len(value) <= length and all(byte < 128 for byte in value)
+
+
+def _ascii_fallback(value: bytes, length: int) -> str:
+    """A stand-in for a name held in the extended header, for tars that ignore it."""
+    return value[-length:].decode("ascii", "replace").replace("\ufffd", "_")
+
+
+class _Member:
+    """What one tar member holds, whatever the format."""
+
+    __slots__ = ("path", "entry", "type", "name", "linkname", "size", "sparse")
+
+    def __init__(self, path: bytes, entry: Entry, type_: bytes, linkname: bytes = b"") -> None:
+        self.path = path
+        self.entry = entry
+        self.type = type_
+        name = path or b"."
+        self.name = name + b"/" if type_ == tarfile.DIRTYPE else name
+        self.linkname = linkname
+        # Bytes of content in the archive, and for a sparse file its map
+        # (with a closing empty extent when it ends in a hole, as GNU tar
+        # needs to restore the full size).
+        self.size = 0
+        self.sparse: Optional[List[Extent]] = None
 
 
 class TarWriter:
     """Writes entries of one backup as a tar stream."""
 
     def __init__(self, out: BinaryIO, objects: ObjectStore, tar_format: str = "gnu",
-                 on_damage: Optional[Callable[[bytes, str], None]] = None) -> None:
+                 on_damage: Optional[Callable[[bytes, str], None]] = None,
+                 on_skip: Optional[Callable[[bytes, str], None]] = None) -> None:
         self.out = out
         self.objects = objects
         self.format = FORMATS[tar_format]
         self.format_name = tar_format
         self.on_damage = on_damage or (lambda path, reason: None)
+        self.on_skip = on_skip
         self.written = 0
         self.damaged = 0
+        self.skipped = 0
+        # Entries whose extended attributes or sub-second times this format drops.
+        self.attrs_dropped = 0
         # Paths of multiply linked files already written, and where a link
         # to a target outside the stream was written with its data instead.
         self._link_targets: Set[bytes] = set()
@@ -61,56 +177,209 @@ class TarWriter:
         self.written += len(data)
 
     def add(self, path: bytes, entry: Entry) -> None:
-        info = self._tarinfo(path, entry)
+        """Write one entry; one that cannot be written is reported and skipped."""
+        try:
+            member = self._member(path, entry)
+            header = self._header(member)
+        except TarFormatError as exc:
+            self._skip(path, str(exc))
+            return
+        self._write(header)
+        if member.type in (tarfile.REGTYPE, tarfile.GNUTYPE_SPARSE):
+            if entry.kind == KIND_HARDLINK:
+                self._link_moved[entry.target] = path
+            if entry.kind == KIND_HARDLINK or entry.nlink > 1:
+                self._link_targets.add(path)
+            self._write_content(member)
+
+    def _member(self, path: bytes, entry: Entry) -> _Member:
+        if not safe_member(path):
+            raise TarFormatError("%s: unsafe member name (absolute or with '..'); skipped"
+                                 % os.fsdecode(path))
         if entry.kind == KIND_HARDLINK:
             target = self._link_moved.get(entry.target, entry.target)
             if target in self._link_targets:
-                info.linkname = member_name(target)
-                self._write_header(info, path)
-                return
+                return _Member(path, entry, tarfile.LNKTYPE, target)
             # The first link inside the stream carries the data.
-            info.type = tarfile.REGTYPE
-            info.linkname = ""
-            info.size = entry.size
-            self._link_moved[entry.target] = path
-            self._link_targets.add(path)
-        elif entry.kind == KIND_FILE and entry.nlink > 1:
-            self._link_targets.add(path)
-        self._write_header(info, path)
-        if info.type == tarfile.REGTYPE:
-            self._write_content(path, entry)
+        elif entry.kind == KIND_SYMLINK:
+            return _Member(path, entry, tarfile.SYMTYPE, entry.target)
+        elif entry.kind != KIND_FILE:
+            return _Member(path, entry, _TYPES[entry.kind])
+        member = _Member(path, entry, tarfile.REGTYPE)
+        member.size = entry.size
+        if entry.flags & FLAG_SPARSE and self.format != tarfile.USTAR_FORMAT:
+            try:
+                extents = decode_extents(entry.extras.get(SPARSE_KEY, b""), entry.size)
+            except RecordError as exc:
+                raise TarFormatError("%s: %s" % (os.fsdecode(path), exc)) from None
+            member.size = sum(length for _, length in extents)
+            if not extents or sum(extents[-1]) < entry.size:
+                extents.append((entry.size, 0))
+            member.sparse = extents
+        return member
 
-    def _tarinfo(self, path: bytes, entry: Entry) -> tarfile.TarInfo:
-        info = tarfile.TarInfo(member_name(path))
-        info.type = _TYPES[entry.kind]
+    def _skip(self, path: bytes, reason: str) -> None:
+        self.skipped += 1
+        if self.on_skip is None:
+            raise TarFormatError(reason)
+        self.on_skip(path, reason)
+
+    # -- headers -------------------------------------------------------------
+
+    def _header(self, member: _Member) -> bytes:
+        build = {tarfile.PAX_FORMAT: self._pax_header, tarfile.GNU_FORMAT: self._gnu_header,
+                 tarfile.USTAR_FORMAT: self._ustar_header}[self.format]
+        try:
+            header = build(member)
+        except ValueError as exc:
+            raise TarFormatError("%s: cannot be stored in %s format: %s; skipped"
+                                 % (os.fsdecode(member.path), self.format_name, exc)) from None
+        if self.format != tarfile.PAX_FORMAT and member.type != tarfile.LNKTYPE and (
+                member.entry.mtime_ns % 1_000_000_000
+                or any(key.startswith(XATTR_PREFIX) for key in member.entry.extras)):
+            self.attrs_dropped += 1
+        return header
+
+    def _tarinfo(self, member: _Member) -> tarfile.TarInfo:
+        entry = member.entry
+        info = tarfile.TarInfo(_text(member.name))
+        info.type = member.type
         info.mode = entry.mode
         info.uid = entry.uid
         info.gid = entry.gid
         info.uname = _text(entry.uname)
         info.gname = _text(entry.gname)
         info.mtime = entry.mtime_ns // 1_000_000_000
-        if entry.kind == KIND_FILE:
-            info.size = entry.size
-        elif entry.kind in (KIND_SYMLINK, KIND_HARDLINK):
-            info.linkname = _text(entry.target)
-        elif entry.kind in (KIND_CHAR, KIND_BLOCK):
+        info.size = member.size
+        info.linkname = _text(member.linkname)
+        if entry.kind in (KIND_CHAR, KIND_BLOCK):
             info.devmajor = entry.rdev_major
             info.devminor = entry.rdev_minor
         return info
 
-    def _write_header(self, info: tarfile.TarInfo, path: bytes) -> None:
-        try:
-            header = info.tobuf(self.format, "utf-8", "surrogateescape")
-        except ValueError as exc:
-            raise TarFormatError("%s: cannot be stored in %s format: %s"
-                                 % (os.fsdecode(path), self.format_name, exc)) from None
-        self._write(header)
+    def _ustar_header(self, member: _Member) -> bytes:
+        return self._tarinfo(member).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
 
-    def _write_content(self, path: bytes, entry: Entry) -> None:
-        remaining = entry.size
+    def _gnu_header(self, member: _Member) -> bytes:
+        info = self._tarinfo(member)
+        if member.sparse is None:
+            return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+        info.type = tarfile.GNUTYPE_SPARSE
+        header = bytearray(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape"))
+        main = len(header) - BLOCK
+        pairs = [_number(offset, 12) + _number(length, 12) for offset, length in member.sparse]
+        first, rest = pairs[:_GNU_SPARSE_IN_HEADER], pairs[_GNU_SPARSE_IN_HEADER:]
+        at = main + _GNU_SPARSE_AT
+        header[at:at + 24 * len(first)] = b"".join(first)
+        header[main + 482] = 1 if rest else 0
+        header[main + 483:main + 495] = _number(member.entry.size, 12)
+        header[main:] = _checksummed(bytes(header[main:]))
+        extension = []
+        while rest:
+            block = bytearray(BLOCK)
+            part, rest = rest[:_GNU_SPARSE_PER_BLOCK], rest[_GNU_SPARSE_PER_BLOCK:]
+            block[:24 * len(part)] = b"".join(part)
+            block[504] = 1 if rest else 0
+            extension.append(bytes(block))
+        return bytes(header) + b"".join(extension)
+
+    def _pax_header(self, member: _Member) -> bytes:
+        """A PAX extended header (built here: values are raw bytes) and a ustar block."""
+        entry = member.entry
+        info = self._tarinfo(member)
+        records: List[Tuple[bytes, bytes]] = []
+        binary = False
+        if member.sparse is not None:
+            records += [(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"),
+                        (b"GNU.sparse.name", member.name),
+                        (b"GNU.sparse.realsize", b"%d" % entry.size)]
+            binary = _not_utf8(member.name)
+            base = member.name.rpartition(b"/")[2]
+            info.name = _ascii_fallback(b"GNUSparseFile.0/" + base, 99)
+            info.size = member.size = len(_sparse_map_block(member.sparse)) + member.size
+        elif not _fits_ustar(member.name, 100):
+            records.append((b"path", member.name))
+            binary = binary or _not_utf8(member.name)
+            info.name = _ascii_fallback(member.name, 99)
+        if not _fits_ustar(member.linkname, 100):
+            records.append((b"linkpath", member.linkname))
+            binary = binary or _not_utf8(member.linkname)
+            info.linkname = _ascii_fallback(member.linkname, 100)
+        for key, value, length in ((b"uname", entry.uname, 32), (b"gname", entry.gname, 32)):
+            if not _fits_ustar(value, length):
+                records.append((key, value))
+                binary = binary or _not_utf8(value)
+                setattr(info, key.decode(), "")
+        for key, value, digits in ((b"uid", entry.uid, 8), (b"gid", entry.gid, 8),
+                                   (b"size", info.size, 12)):
+            if not 0 <= value < 8 ** (digits - 1):
+                records.append((key, b"%d" % value))
+                setattr(info, key.decode(), 0)
+        if entry.mtime_ns % 1_000_000_000 or not 0 <= info.mtime < 8 ** 11:
+            records.append((b"mtime", _pax_time(entry.mtime_ns)))
+            info.mtime = min(max(info.mtime, 0), 8 ** 11 - 1)
+        if member.type != tarfile.LNKTYPE:
+            records += _xattr_records(entry.extras)
+        if binary:
+            # Names that are not UTF-8 go as raw bytes, as tarfile and GNU tar do.
+            records.insert(0, (b"hdrcharset", b"BINARY"))
+        main = info.tobuf(tarfile.USTAR_FORMAT, "ascii", "replace")
+        if not records:
+            return main
+        data = pax_records(records)
+        extended = tarfile.TarInfo("././@PaxHeader")
+        extended.type = tarfile.XHDTYPE
+        extended.size = len(data)
+        return (extended.tobuf(tarfile.USTAR_FORMAT, "ascii", "replace") + data
+                + bytes(-len(data) % BLOCK) + main)
+
+    # -- content -------------------------------------------------------------
+
+    def _write_content(self, member: _Member) -> None:
+        entry = member.entry
+        if member.sparse is not None:
+            data_size = sum(length for _, length in member.sparse)
+            if self.format == tarfile.PAX_FORMAT:
+                self._write(_sparse_map_block(member.sparse))
+            for piece in self._stored(member.path, entry, data_size):
+                self._write(piece)
+            self._write_zeros(-data_size % BLOCK)
+            return
+        if entry.flags & FLAG_SPARSE:  # ustar: holes written out as zeros
+            self._write_expanded(member)
+        else:
+            for piece in self._stored(member.path, entry, entry.size):
+                self._write(piece)
+        self._write_zeros(-entry.size % BLOCK)
+
+    def _write_expanded(self, member: _Member) -> None:
+        entry = member.entry
+        try:
+            extents = decode_extents(entry.extras.get(SPARSE_KEY, b""), entry.size)
+        except RecordError as exc:
+            self._damage(member.path, str(exc))
+            extents = []
+        stored = self._stored(member.path, entry, sum(length for _, length in extents))
+        pending = b""
+        position = 0
+        for offset, length in extents:
+            self._write_zeros(offset - position)
+            position = offset + length
+            while length > 0:
+                if not pending:
+                    pending = next(stored)
+                piece, pending = pending[:length], pending[length:]
+                self._write(piece)
+                length -= len(piece)
+        self._write_zeros(entry.size - position)
+
+    def _stored(self, path: bytes, entry: Entry, size: int) -> Iterator[bytes]:
+        """Exactly ``size`` bytes of stored content, in pieces (zeros where damaged)."""
+        remaining = size
         if entry.flags & FLAG_INLINE:
             data = (entry.inline or b"")[:remaining]
-            self._write(data)
+            if data:
+                yield data
             remaining -= len(data)
         else:
             for digest, length in entry.chunks:
@@ -122,12 +391,14 @@ class TarWriter:
                     self._damage(path, exc.reason + " (object %s)" % digest.hex())
                     data = bytes(length)
                 data = data[:remaining]
-                self._write(data)
+                yield data
                 remaining -= len(data)
         if remaining > 0:
             self._damage(path, "stored content is %d bytes short; padded with zeros" % remaining)
-            self._write_zeros(remaining)
-        self._write_zeros(-entry.size % BLOCK)
+            step = 1 << 20
+            while remaining > 0:
+                yield bytes(min(remaining, step))
+                remaining -= step
 
     def _write_zeros(self, count: int) -> None:
         step = 1 << 20
@@ -145,6 +416,44 @@ class TarWriter:
         self._write(bytes(2 * BLOCK))
         self._write_zeros(-self.written % RECORD)
         self.out.flush()
+
+
+def _not_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _checksummed(block: bytes) -> bytes:
+    """A header block with its checksum field recomputed."""
+    blank = block[:148] + b" " * 8 + block[156:]
+    return blank[:148] + b"%06o\0 " % sum(blank) + blank[156:]
+
+
+def _sparse_map_block(extents: Sequence[Extent]) -> bytes:
+    """GNU sparse 1.0: the map in decimal lines before the data, padded to a block."""
+    lines = [b"%d\n" % len(extents)]
+    for offset, length in extents:
+        lines.append(b"%d\n%d\n" % (offset, length))
+    text = b"".join(lines)
+    return text + bytes(-len(text) % BLOCK)
+
+
+def _xattr_records(extras: Dict[bytes, bytes]) -> List[Tuple[bytes, bytes]]:
+    """SCHILY.acl.* (what ``tar --acls`` and bsdtar restore) and SCHILY.xattr.* records."""
+    records = []
+    for key in sorted(extras):
+        if not key.startswith(XATTR_PREFIX):
+            continue
+        name = key[len(XATTR_PREFIX):]
+        if name in _ACL_KEYS:
+            text = acl_text(extras[key])
+            if text is not None:
+                records.append((_ACL_KEYS[name], text))
+        records.append((xattr_keyword(name), extras[key]))
+    return records
 
 
 def produce_tar(reader: TreeReader, root: Sequence[ChunkRef], start: bytes, writer: TarWriter,
