@@ -63,6 +63,16 @@ value satisfies a condition with k >= 1 (its hash byte is one of the 8
 values 0x00, 0x33, 0x55, 0x66, 0x99, 0xaa, 0xcc, 0xff before the XOR with
 C0), so such runs, e.g. zeros, are cut at max_size.
 
+Rationale.  The condition is a function of ~35 bytes of content, like a
+rolling hash's (it is in fact a buzhash-like GF(2)-linear hash of the
+T-mapped bytes).  T makes every byte value a random 8-bit code, and each
+condition bit is the XOR of 32 bits of those codes spread over the window,
+so the cut frequency depends on how varied the content is, not on which
+byte values it uses (text and binary data give about the same chunk sizes
+as random data).  Without normalisation the expected length would be about
+min_size + 2**B; the stricter condition before avg_size and the looser one
+after it keep the mean near avg_size and narrow the size distribution.
+
 Implementation notes
 --------------------
 
