@@ -17,6 +17,7 @@ import errno
 import hashlib
 import os
 import struct
+import threading
 from typing import Callable, Iterator, Optional, Set, Tuple
 
 from .compression import Compressor, decompress
@@ -63,6 +64,9 @@ def write_file_atomically(directory: str, name: str, data: bytes, hostname: str,
             view = view[written:]
         if durable:
             os.fsync(fd)
+        # Written pages are clean after fsync and can be dropped (seed feature
+        # 7); without fsync this only starts their write-back.
+        _drop_from_cache(fd)
     except BaseException:
         os.close(fd)
         _unlink_quietly(temp)
@@ -120,6 +124,8 @@ class ObjectStore:
         self._dirty_dirs: Set[str] = set()
         self.objects_written = 0
         self.bytes_written = 0
+        # put() may run in several threads at once (pipeline.py).
+        self._lock = threading.Lock()
 
     @staticmethod
     def create_layout(savedir: str) -> None:
@@ -163,10 +169,11 @@ class ObjectStore:
         directory = os.path.dirname(self.path_of(digest))
         write_file_atomically(directory, digest.hex(), header + payload, self.hostname,
                               self.durable)
-        self._dirty_dirs.add(directory)
+        with self._lock:
+            self._dirty_dirs.add(directory)
+            self.objects_written += 1
+            self.bytes_written += len(payload) + OBJECT_HEADER.size
         self._remember(digest)
-        self.objects_written += 1
-        self.bytes_written += len(payload) + OBJECT_HEADER.size
 
     def _remember(self, digest: bytes) -> None:
         if len(self._known) >= KNOWN_LIMIT:
@@ -179,12 +186,13 @@ class ObjectStore:
 
     def sync(self) -> None:
         """Make every rename done so far durable; call before referring to them."""
-        if not self.durable:
+        with self._lock:
+            directories = sorted(self._dirty_dirs)
             self._dirty_dirs.clear()
+        if not self.durable:
             return
-        for directory in sorted(self._dirty_dirs):
+        for directory in directories:
             fsync_directory(directory)
-        self._dirty_dirs.clear()
 
     def read_raw(self, digest: bytes) -> Tuple[int, int, bytes]:
         """(codec, uncompressed length, payload) of an object, unverified."""
