@@ -28,9 +28,11 @@ from .catalog import BackupRecord, make_backup_id, utc_now
 from .chunking import DATA_PARAMS, METADATA_PARAMS, Chunker
 from .compression import CompressionSpec, Compressor
 from .objectstore import ObjectStore, digest_of
+from .pipeline import StorePipeline
 from .records import (FLAG_IMPLICIT, FLAG_INLINE, FLAG_PARTIAL, KIND_BLOCK, KIND_CHAR,
                       KIND_DIR, KIND_FIFO, KIND_FILE, KIND_HARDLINK, KIND_SYMLINK, ChunkRef,
                       Entry)
+from .records import FLAG_SPARSE, SPARSE_KEY, XATTR_PREFIX, encode_extents
 from .savedir import SaveDir
 from .sourcefs import SourceError, SourceFile, SourceTree
 from .tree import RecordWriter, TreeReader, split_path, store_top_record
@@ -88,8 +90,11 @@ class Reporter:
 def iter_nul_paths(stream: BinaryIO, block_size: int = 65536) -> Iterator[bytes]:
     """Paths from a NUL-separated byte stream (find -print0), never decoded."""
     pending = b""
+    # read1 returns what the pipe holds now: a slow find is followed as it goes,
+    # not waited for until a whole block has arrived.
+    read = getattr(stream, "read1", stream.read)
     while True:
-        block = stream.read(block_size)
+        block = read(block_size)
         if not block:
             break
         pending += block
@@ -102,23 +107,33 @@ def iter_nul_paths(stream: BinaryIO, block_size: int = 65536) -> Iterator[bytes]
         yield pending
 
 
+# An entry of an earlier backup, with that backup's start time (ns since
+# the epoch): whether the entry can be trusted depends on when it was read.
+Earlier = Tuple[Entry, int]
+
+
 class PreviousDir:
     """What earlier backups stored in one directory, by name, for reuse."""
 
-    def __init__(self, reader: TreeReader, fragments: List[Entry]) -> None:
+    def __init__(self, reader: TreeReader, fragments: List[Earlier]) -> None:
         self._reader = reader
         self._fragments = fragments
-        self._index: Optional[Dict[bytes, List[Entry]]] = None
+        self._index: Optional[Dict[bytes, List[Earlier]]] = None
 
-    def get(self, name: bytes) -> List[Entry]:
+    def get(self, name: bytes) -> List[Earlier]:
         if self._index is None:
             self._index = self._load()
         return self._index.get(name, [])
 
-    def _load(self) -> Dict[bytes, List[Entry]]:
-        index: Dict[bytes, List[Entry]] = {}
+    def _load(self) -> Dict[bytes, List[Earlier]]:
+        index: Dict[bytes, List[Earlier]] = {}
         inline_bytes = 0
-        for fragment in self._fragments:
+        seen = set()
+        for fragment, started_ns in self._fragments:
+            key = tuple(fragment.chunks)
+            if key in seen:
+                continue  # the same record in two earlier backups: index it once
+            seen.add(key)
             try:
                 entries = list(self._reader.entries(fragment.chunks))
             except Exception:  # a damaged earlier backup only costs us re-reading
@@ -128,7 +143,7 @@ class PreviousDir:
                     inline_bytes += len(entry.inline or b"")
                     if inline_bytes > PREVIOUS_INLINE_BUDGET:
                         continue
-                index.setdefault(entry.name, []).append(entry)
+                index.setdefault(entry.name, []).append((entry, started_ns))
         return index
 
 
@@ -153,6 +168,8 @@ class Backup:
         self.options = options
         self.reporter = reporter or Reporter()
         self.objects: ObjectStore = savedir.objects
+        # Compression and writing run in worker threads (pipeline.py).
+        self.store = StorePipeline(self.objects)
         self.compressor = Compressor(options.compression)
         self.data_chunker = Chunker(DATA_PARAMS)
         self.meta_chunker = Chunker(METADATA_PARAMS)
@@ -167,7 +184,6 @@ class Backup:
         self.stack: List[OpenDir] = []
         self.hardlinks: Dict[Tuple[int, int], Tuple[bytes, Entry]] = {}
         self.last_checkpoint = time.monotonic()
-        self.files_reused = 0
 
     # -- earlier backups -------------------------------------------------
 
@@ -190,10 +206,11 @@ class Backup:
         return chosen
 
     def _previous_root(self) -> Optional[PreviousDir]:
-        fragments: List[Entry] = []
+        fragments: List[Earlier] = []
         for record in self.previous_records:
             try:
-                fragments.extend(self.reader.root_entries(record.root or []))
+                fragments.extend((entry, _ns(record))
+                                 for entry in self.reader.root_entries(record.root or []))
             except Exception:  # a damaged earlier backup only costs us re-reading
                 continue
         return PreviousDir(self.reader, fragments) if fragments else None
@@ -201,13 +218,14 @@ class Backup:
     def _previous_child(self, parent: OpenDir, name: bytes) -> Optional[PreviousDir]:
         if parent.previous is None:
             return None
-        fragments = [entry for entry in parent.previous.get(name) if entry.kind == KIND_DIR]
+        fragments = [(entry, started) for entry, started in parent.previous.get(name)
+                     if entry.kind == KIND_DIR]
         return PreviousDir(self.reader, fragments) if fragments else None
 
     # -- the directory stack ----------------------------------------------
 
     def _new_writer(self) -> RecordWriter:
-        return RecordWriter(self.objects, self.meta_chunker, self.compressor)
+        return RecordWriter(self.store, self.meta_chunker, self.compressor)
 
     def _enter(self, components: List[bytes]) -> None:
         """Make the open directories exactly root + ``components``."""
@@ -247,15 +265,17 @@ class Backup:
             while len(self.stack) > 1:
                 self._close_top()
             root = self.stack.pop()
-            top = store_top_record(self.objects, self.compressor,
+            top = store_top_record(self.store, self.compressor,
                                    self._dir_entry(root, root.writer.finish()))
-            self.objects.sync()
+            self.store.sync()  # every object written and durable before the record
             self.record.root = top
             self.record.errors = self.reporter.errors
+            self.record.bytes_read = self.source.bytes_read
             self.record.state = "complete"
             self.record.finished = utc_now()
             self.savedir.catalog.write(self.record)
         finally:
+            self.store.close()
             self.source.close()
             self.reporter.finish()
         return self.record
@@ -271,11 +291,12 @@ class Backup:
             chunks = directory.writer.snapshot(extra)
             if directory is self.stack[0]:
                 root_entry = self._dir_entry_copy(directory, chunks)
-                self.record.root = store_top_record(self.objects, self.compressor, root_entry)
+                self.record.root = store_top_record(self.store, self.compressor, root_entry)
             else:
                 extra = [self._dir_entry_copy(directory, chunks)]
-        self.objects.sync()
+        self.store.sync()  # publish only chunks already durable
         self.record.errors = self.reporter.errors
+        self.record.bytes_read = self.source.bytes_read
         self.record.checkpoints += 1
         self.savedir.catalog.write(self.record)
         self.last_checkpoint = time.monotonic()
@@ -308,6 +329,7 @@ class Backup:
             self._enter(components)
             self.stack[-1].meta = self._metadata(components[-1] if components else b"",
                                                  KIND_DIR, st)
+            self._add_xattrs(path, self.stack[-1].meta)
             self.reporter.file_done(path, 0)
             return
         if not components:
@@ -322,6 +344,7 @@ class Backup:
             return
         if entry is None:
             return
+        self._add_xattrs(path, entry)
         self.stack[-1].writer.add(entry)
         self.record.files += 1
         if entry.kind in (KIND_FILE, KIND_HARDLINK):
@@ -333,6 +356,14 @@ class Backup:
                      mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, ino=st.st_ino,
                      size=0, nlink=st.st_nlink, uname=self.source.user_name(st.st_uid),
                      gname=self.source.group_name(st.st_gid))
+
+    def _add_xattrs(self, path: bytes, entry: Entry) -> None:
+        """Keep the extended attributes (and so the POSIX ACLs) of ``path`` in ``entry``."""
+        found, problem = self.source.xattrs(path)
+        for attribute, value in found.items():
+            entry.extras[XATTR_PREFIX + attribute] = value
+        if problem:
+            self.reporter.error(path, problem)
 
     def _entry_for(self, path: bytes, name: bytes, st: os.stat_result) -> Optional[Entry]:
         mode = st.st_mode
@@ -362,8 +393,9 @@ class Backup:
             entry.kind = KIND_HARDLINK
             entry.target = first_path
             entry.size = first.size
-            entry.flags = first.flags & FLAG_INLINE
+            entry.flags = first.flags & (FLAG_INLINE | FLAG_SPARSE)
             entry.inline, entry.chunks = first.inline, first.chunks
+            _copy_sparse_map(first, entry)
             return entry
         entry.size = st.st_size  # what a checkpoint of a partly read file records
         if not self._reuse_previous(entry, st):
@@ -372,59 +404,51 @@ class Backup:
             self.hardlinks[key] = (b"/".join(split_path(path)), entry)
         return entry
 
-    def _previous_match(self, name: bytes, st: os.stat_result) -> Optional[Entry]:
+    def _candidates(self, name: bytes, st: os.stat_result, partial: bool) -> Iterator[Entry]:
+        """Earlier entries for ``name`` whose metadata says the file is unchanged.
+
+        ``partial`` picks the prefixes checkpointed of files being read when
+        an earlier backup was interrupted, instead of whole files.
+        """
         previous = self.stack[-1].previous
         if previous is None:
-            return None
-        for candidate in previous.get(name):
+            return
+        for candidate, started_ns in previous.get(name):
             if candidate.kind not in (KIND_FILE, KIND_HARDLINK):
+                continue
+            if bool(candidate.flags & FLAG_PARTIAL) != partial:
                 continue
             if (candidate.size, candidate.mtime_ns, candidate.ctime_ns) != \
                     (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
                 continue
             if self.options.inode_check and candidate.ino != st.st_ino:
                 continue
-            if candidate.flags & FLAG_INLINE and candidate.inline is None:
+            if not _settled(st, started_ns):
                 continue
-            if not candidate.flags & FLAG_INLINE and len(candidate.chunks) == 0 \
-                    and candidate.size:
-                continue
-            return candidate
-        return None
-
-    def _settled(self, st: os.stat_result) -> bool:
-        """Was the file last changed safely before every earlier backup began?"""
-        newest = max(st.st_mtime_ns, st.st_ctime_ns)
-        return all(newest < _ns(record) - TIMESTAMP_SLACK_NS for record in self.previous_records)
+            yield candidate
 
     def _reuse_previous(self, entry: Entry, st: os.stat_result) -> bool:
         """Take content from an earlier backup when metadata says it is unchanged."""
-        candidate = self._previous_match(entry.name, st)
-        if candidate is None or not self._settled(st):
-            return False
-        if candidate.flags & FLAG_PARTIAL:
-            return False  # resumed by _read_content
-        if not all(self.objects.touch(digest) for digest, _ in candidate.chunks):
-            return False  # expired meanwhile: read the file again
-        entry.flags |= candidate.flags & FLAG_INLINE
-        entry.inline, entry.chunks = candidate.inline, list(candidate.chunks)
-        entry.size = candidate.size
-        self.files_reused += 1
-        return True
+        for candidate in self._candidates(entry.name, st, partial=False):
+            if candidate.flags & FLAG_INLINE and candidate.inline is None:
+                continue
+            if not candidate.flags & (FLAG_INLINE | FLAG_SPARSE) and not candidate.chunks \
+                    and candidate.size:
+                continue
+            if not all(self.objects.touch(digest) for digest, _ in candidate.chunks):
+                continue  # expired meanwhile: try another, else read the file again
+            entry.flags |= candidate.flags & (FLAG_INLINE | FLAG_SPARSE)
+            entry.inline, entry.chunks = candidate.inline, list(candidate.chunks)
+            _copy_sparse_map(candidate, entry)
+            entry.size = candidate.size
+            self.record.files_reused += 1
+            self.record.bytes_reused += entry.size
+            return True
+        return False
 
     def _resume_point(self, entry: Entry, st: os.stat_result) -> List[ChunkRef]:
         """Chunks an interrupted backup already stored for this very file."""
-        previous = self.stack[-1].previous
-        if previous is None:
-            return []
-        for candidate in previous.get(entry.name):
-            if not candidate.flags & FLAG_PARTIAL:
-                continue
-            if (candidate.size, candidate.mtime_ns, candidate.ctime_ns) != \
-                    (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
-                continue
-            if self.options.inode_check and candidate.ino != st.st_ino:
-                continue
+        for candidate in self._candidates(entry.name, st, partial=True):
             if all(self.objects.touch(digest) for digest, _ in candidate.chunks):
                 return list(candidate.chunks)
         return []
@@ -442,10 +466,21 @@ class Backup:
                 entry.chunks = self._store_stream(entry, _prefixed(head, source.read))
             else:
                 done = self._resume_point(entry, st)
-                if done:
-                    source.seek(sum(length for _, length in done))
-                entry.chunks = self._store_stream(entry, source.read, done)
-            entry.size = sum(length for _, length in entry.chunks)
+                skip = sum(length for _, length in done)
+                extents = source.data_extents()
+                if extents is not None:
+                    # Holes are neither read nor stored: chunks cover the
+                    # data extents back to back (FORMAT.md, "Sparse files").
+                    entry.flags |= FLAG_SPARSE
+                    entry.extras[SPARSE_KEY] = encode_extents(extents)
+                    read = source.extent_reader(extents, skip)
+                else:
+                    if done:
+                        source.seek(skip)
+                    read = source.read
+                entry.chunks = self._store_stream(entry, read, done)
+            if not entry.flags & FLAG_SPARSE:
+                entry.size = sum(length for _, length in entry.chunks)
             self._check_unchanged(path, source)
 
     def _check_unchanged(self, path: bytes, source: SourceFile) -> None:
@@ -457,7 +492,7 @@ class Backup:
         chunks: List[ChunkRef] = list(done or [])
         for piece in self.data_chunker.chunks(read):
             digest = digest_of(piece)
-            self.objects.put(piece, self.compressor, digest)
+            self.store.put(piece, self.compressor, digest)
             chunks.append((digest, len(piece)))
             if time.monotonic() - self.last_checkpoint >= self.options.checkpoint_interval:
                 partial = Entry(entry.name, KIND_FILE, flags=FLAG_PARTIAL, mode=entry.mode,
@@ -468,8 +503,23 @@ class Backup:
         return chunks
 
 
+def _copy_sparse_map(source: Entry, entry: Entry) -> None:
+    """A sparse file's chunks mean nothing without its map: carry both."""
+    if source.flags & FLAG_SPARSE:
+        entry.extras[SPARSE_KEY] = source.extras.get(SPARSE_KEY, b"")
+
+
 def _ns(record: BackupRecord) -> int:
     return int(record.started.timestamp()) * 1_000_000_000 + record.started.microsecond * 1000
+
+
+def _settled(st: os.stat_result, started_ns: int) -> bool:
+    """Was the file last changed safely before an earlier backup began?
+
+    That backup read the file after it started; a change in the same
+    timestamp tick after that read would leave size and times as they were.
+    """
+    return max(st.st_mtime_ns, st.st_ctime_ns) < started_ns - TIMESTAMP_SLACK_NS
 
 
 def _prefixed(head: bytes, read: Callable[[int], bytes]) -> Callable[[int], bytes]:

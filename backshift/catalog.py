@@ -66,6 +66,11 @@ class BackupRecord:
         # Seconds between checkpoints: the record's mtime is replaced at least
         # this often while the backup lives (expiry judges liveness by it).
         self.checkpoint_interval = 300.0
+        # How much of the tree came from earlier backups without reading
+        # the source, and how many content bytes were read from it.
+        self.files_reused = 0
+        self.bytes_reused = 0
+        self.bytes_read = 0
 
     @property
     def complete(self) -> bool:
@@ -89,6 +94,9 @@ class BackupRecord:
             "compression": self.compression,
             "checkpoints": self.checkpoints,
             "checkpoint_interval": self.checkpoint_interval,
+            "files_reused": self.files_reused,
+            "bytes_reused": self.bytes_reused,
+            "bytes_read": self.bytes_read,
         }
         return (json.dumps(document, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
@@ -111,6 +119,9 @@ class BackupRecord:
             record.compression = document.get("compression", "")
             record.checkpoints = int(document.get("checkpoints", 0))
             record.checkpoint_interval = float(document.get("checkpoint_interval", 300.0))
+            record.files_reused = int(document.get("files_reused", 0))
+            record.bytes_reused = int(document.get("bytes_reused", 0))
+            record.bytes_read = int(document.get("bytes_read", 0))
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise CatalogError("backup record does not parse: %s" % exc) from None
         if record.state not in (STATE_UNFINISHED, STATE_COMPLETE):

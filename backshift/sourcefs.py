@@ -14,7 +14,7 @@ import grp
 import os
 import pwd
 import stat
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _FILE_FLAGS = (os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
@@ -94,6 +94,9 @@ class SourceTree:
         self._parents = ParentCache()
         self._users: Dict[int, bytes] = {}
         self._groups: Dict[int, bytes] = {}
+        # Content bytes read from the source so far (reported in the backup
+        # record, so tests and users can see what an incremental re-read).
+        self.bytes_read = 0
 
     def close(self) -> None:
         self._parents.close()
@@ -120,6 +123,41 @@ class SourceTree:
         except OSError as exc:
             raise SourceError(_reason(exc)) from None
 
+    def xattrs(self, path: bytes) -> Tuple[Dict[bytes, bytes], Optional[str]]:
+        """Extended attributes (ACLs included) of ``path`` itself, never of a link's target.
+
+        Returns the attributes read and, if some could not be, why.  The
+        path is reached through the verified parent descriptor, via
+        /proc/self/fd where there is one, so no component is followed.
+        """
+        if not hasattr(os, "listxattr"):
+            return {}, None
+        parent, name = split_parent(path)
+        where = path
+        if name not in (b".", b"/", b"") and os.path.isdir(b"/proc/self/fd"):
+            try:
+                where = b"/proc/self/fd/%d/%s" % (self._parents.parent_fd(parent), name)
+            except OSError as exc:
+                return {}, "extended attributes not read: " + _reason(exc)
+        try:
+            names = os.listxattr(where, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                return {}, None  # the file system has none
+            return {}, "extended attributes not read: " + _reason(exc)
+        found: Dict[bytes, bytes] = {}
+        problems: List[str] = []
+        for attribute in sorted(names):
+            try:
+                found[os.fsencode(attribute)] = os.getxattr(where, attribute,
+                                                            follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno != errno.ENODATA:  # removed since listed: nothing lost
+                    problems.append("%s (%s)" % (attribute, _reason(exc)))
+        if problems:
+            return found, "extended attributes not saved: " + ", ".join(problems)
+        return found, None
+
     def open_file(self, path: bytes, expected: os.stat_result) -> "SourceFile":
         """Open a regular file that must still be the one ``expected`` describes."""
         parent, name = split_parent(path)
@@ -137,7 +175,10 @@ class SourceTree:
                 stat.S_IFMT(actual.st_mode) != stat.S_IFMT(expected.st_mode):
             os.close(fd)
             raise SourceError("file was replaced between lstat and open; not saved")
-        return SourceFile(fd, actual)
+        return SourceFile(fd, actual, self._count_read)
+
+    def _count_read(self, count: int) -> None:
+        self.bytes_read += count
 
     def user_name(self, uid: int) -> bytes:
         name = self._users.get(uid)
@@ -170,13 +211,21 @@ def _open_noatime(name: bytes, parent_fd: int) -> int:
 
 
 class SourceFile:
-    """An opened regular file, read sequentially, kept out of the page cache."""
+    """An opened regular file, read sequentially, kept out of the page cache.
 
-    def __init__(self, fd: int, st: os.stat_result) -> None:
+    Reads stop at the size the file had when opened, as GNU tar's do: a file
+    that grows while read is saved as it was, then reported as changed,
+    instead of being chased forever.
+    """
+
+    def __init__(self, fd: int, st: os.stat_result,
+                 on_close: Optional[Callable[[int], None]] = None) -> None:
         self.fd = fd
         self.stat = st
         self.offset = 0
         self._advised = 0
+        self._on_close = on_close
+        self._read_count = 0
 
     def __enter__(self) -> "SourceFile":
         return self
@@ -189,18 +238,90 @@ class SourceFile:
             self._drop_cache(final=True)
             os.close(self.fd)
             self.fd = -1
+            if self._on_close is not None:
+                self._on_close(self._read_count)
 
     def seek(self, offset: int) -> None:
         os.lseek(self.fd, offset, os.SEEK_SET)
         self.offset = offset
         self._advised = offset
 
+    def data_extents(self) -> Optional[List[Tuple[int, int]]]:
+        """(offset, length) of the data regions of a file with holes, else None.
+
+        Holes are found with SEEK_DATA/SEEK_HOLE, asked only when the file
+        has fewer blocks than its size needs, so ordinary files cost nothing
+        and a mostly empty 9 GiB file is never read as zeros.
+        """
+        size = self.stat.st_size
+        if not hasattr(os, "SEEK_DATA") or self.stat.st_blocks * 512 >= size:
+            return None
+        extents: List[Tuple[int, int]] = []
+        offset = 0
+        try:
+            while offset < size:
+                try:
+                    start = os.lseek(self.fd, offset, os.SEEK_DATA)
+                except OSError as exc:
+                    if exc.errno == errno.ENXIO:
+                        break  # nothing but a hole up to the end
+                    raise
+                if start >= size:
+                    break
+                end = min(os.lseek(self.fd, start, os.SEEK_HOLE), size)
+                extents.append((start, end - start))
+                offset = end
+            os.lseek(self.fd, self.offset, os.SEEK_SET)
+        except OSError:
+            return None  # no hole support here: read it all
+        if sum(length for _, length in extents) >= size:
+            return None
+        return extents
+
+    def extent_reader(self, extents: Sequence[Tuple[int, int]],
+                      skip: int = 0) -> Callable[[int], bytes]:
+        """A read function giving the data extents back to back, from ``skip`` bytes in.
+
+        Once the last extent is read the whole file counts as read (the
+        holes hold nothing), so changed_while_read works as for any file.
+        """
+        pending: List[Tuple[int, int]] = []
+        for offset, length in extents:
+            if skip >= length:
+                skip -= length
+                continue
+            pending.append((offset + skip, length - skip))
+            skip = 0
+        pending.reverse()
+
+        def read(size: int) -> bytes:
+            if not pending:
+                self.offset = max(self.offset, self.stat.st_size)
+                return b""
+            offset, length = pending[-1]
+            if self.offset != offset:
+                self._drop_cache()
+                self.seek(offset)
+            data = self.read(min(size, length))
+            if not data:
+                pending.clear()  # the file shrank; changed_while_read will say so
+            elif len(data) == length:
+                pending.pop()
+            else:
+                pending[-1] = (offset + len(data), length - len(data))
+            return data
+        return read
+
     def read(self, size: int) -> bytes:
+        size = min(size, self.stat.st_size - self.offset)
+        if size <= 0:
+            return b""
         try:
             data = os.read(self.fd, size)
         except OSError as exc:
             raise SourceError("read error at offset %d: %s" % (self.offset, _reason(exc))) from None
         self.offset += len(data)
+        self._read_count += len(data)
         if self.offset - self._advised >= FADVISE_STEP:
             self._drop_cache()
         return data

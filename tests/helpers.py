@@ -153,3 +153,10 @@ def make_hostile_tree(top: str) -> None:
             stamp += 7
             os.utime(full, ns=(stamp * 10**9, stamp * 10**9 + 123), follow_symlinks=False)
     os.utime(top_b, ns=(stamp * 10**9, stamp * 10**9))
+
+
+def read_record(savedir: str, backup_id: str) -> dict:
+    """A backup record (backups/<id>) as the JSON document FORMAT.md describes."""
+    import json
+    with open(os.path.join(savedir, "backups", backup_id), "rb") as handle:
+        return json.loads(handle.read().decode("utf-8"))
