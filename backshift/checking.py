@@ -102,7 +102,8 @@ def scan_tree(reader: TreeReader, root: Sequence[ChunkRef], on_chunks: ChunksCal
             on_chunks(path, entry.chunks, False)
 
 
-def header_problem(objects: ObjectStore, digest: bytes, expected_length: int) -> Optional[str]:
+def header_problem(objects: ObjectStore, digest: bytes,
+                   expected_length: Optional[int] = None) -> Optional[str]:
     """What is wrong with an object, judged by its header and size alone (None if sane)."""
     try:
         fd = os.open(objects.path_of(digest), os.O_RDONLY)
@@ -120,7 +121,7 @@ def header_problem(objects: ObjectStore, digest: bytes, expected_length: int) ->
             return "bad header: not a backshift object"
         if codec not in CODEC_NAMES:
             return "bad header: unknown codec %d" % codec
-        if length != expected_length:
+        if expected_length is not None and length != expected_length:
             return "holds %d bytes, the backup expects %d" % (length, expected_length)
         payload = size - OBJECT_HEADER.size
         if codec == CODEC_NONE and payload != length:
@@ -138,6 +139,9 @@ def header_problem(objects: ObjectStore, digest: bytes, expected_length: int) ->
 
 def verify_object(objects: ObjectStore, digest: bytes) -> Tuple[Optional[str], int]:
     """(what is wrong or None, uncompressed bytes checked) after a full read."""
+    problem = header_problem(objects, digest)  # names truncation plainly
+    if problem is not None:
+        return problem, 0
     try:
         return None, len(objects.get(digest, verify=True))
     except ObjectError as exc:
