@@ -91,8 +91,16 @@ def pax_records(items: Sequence[Tuple[bytes, bytes]]) -> bytes:
 
 
 def xattr_keyword(name: bytes) -> bytes:
-    """``SCHILY.xattr.<name>`` with '%' and '=' escaped as GNU tar does (and reads back)."""
-    return b"SCHILY.xattr." + name.replace(b"%", b"%25").replace(b"=", b"%3D")
+    """``SCHILY.xattr.<name>``, escaped only where GNU tar needs it.
+
+    A keyword ends at the first '=', so GNU tar writes '=' as %3D and '%'
+    as %25 and decodes those two sequences on reading.  bsdtar does not
+    decode them, so names that need no escaping (no '=', no "%3D" or
+    "%25" already in them) are written as they are and restore with both.
+    """
+    if b"=" in name or b"%3D" in name or b"%25" in name:
+        name = name.replace(b"%", b"%25").replace(b"=", b"%3D")
+    return b"SCHILY.xattr." + name
 
 
 def acl_text(value: bytes) -> Optional[bytes]:
