@@ -226,6 +226,8 @@ class Expiry:
                     unreadable.append(backup_id)
                 continue
             beats.append(Heartbeat(record, mtime))
+        # Ids sort by the second a backup started; two may share one.
+        beats.sort(key=lambda beat: beat.record.started)
         return beats, unreadable
 
     def _remove_backup(self, record: BackupRecord, reason: str) -> None:
