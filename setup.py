@@ -22,6 +22,8 @@ setup(
     install_requires=[],
     entry_points={"console_scripts": ["backshift = backshift.cli:entry_point",
                                       "randomize = backshift.randomize:entry_point"]},
+    # The manual page, where man finds it under the installation prefix.
+    data_files=[("share/man/man1", ["backshift.1"])],
     classifiers=[
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3.9",

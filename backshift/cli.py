@@ -158,6 +158,7 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None,
     stdin = stdin if stdin is not None else sys.stdin.buffer
     stdout = stdout if stdout is not None else sys.stdout.buffer
     stderr = stderr if stderr is not None else sys.stderr
+    args: Optional[argparse.Namespace] = None
     try:
         args = build_parser().parse_args(argv)
         return _run(args, stdin, stdout, stderr)
@@ -175,6 +176,10 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None,
         return EXIT_FATAL
     except BrokenPipeError:
         _silence_stdout()
+        if args is not None and not args.produce_tar:
+            # A listing read by head is done when the reader has had enough, as ls | head;
+            # a restore cut short is worth a line.
+            return EXIT_OK
         stderr.write("backshift: output pipe closed early\n")
         return EXIT_FATAL
     except KeyboardInterrupt:
@@ -224,6 +229,10 @@ def _run(args: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, stderr) ->
     if action in ("list_backup", "list_backup_simply", "produce_tar"):
         _require(args, "backup_id")
         record = _read_record(savedir, args.backup_id)
+        if not record.complete:
+            # Still running, or stopped: what its last checkpoint saved is all there is.
+            stderr.write("backshift: note: backup %s is unfinished; it holds the files saved "
+                         "up to its last checkpoint\n" % record.backup_id)
         start = os.fsencode(args.starting_directory or "")
         reader = TreeReader(savedir.objects)
         if args.starting_directory and not reader.lookup(record.root, start):
