@@ -14,12 +14,17 @@ import grp
 import os
 import pwd
 import stat
+import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _FILE_FLAGS = (os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
                | getattr(os, "O_CLOEXEC", 0))
 _NOATIME = getattr(os, "O_NOATIME", 0)
+# PyPy lacks these constants; on Linux their values are fixed by the ABI.
+_LINUX = sys.platform.startswith("linux")
+_SEEK_DATA = getattr(os, "SEEK_DATA", 3 if _LINUX else None)
+_SEEK_HOLE = getattr(os, "SEEK_HOLE", 4 if _LINUX else None)
 # Advise the kernel to drop what we read every this many bytes.
 FADVISE_STEP = 8 * 1024 * 1024
 
@@ -254,21 +259,21 @@ class SourceFile:
         and a mostly empty 9 GiB file is never read as zeros.
         """
         size = self.stat.st_size
-        if not hasattr(os, "SEEK_DATA") or self.stat.st_blocks * 512 >= size:
+        if _SEEK_DATA is None or self.stat.st_blocks * 512 >= size:
             return None
         extents: List[Tuple[int, int]] = []
         offset = 0
         try:
             while offset < size:
                 try:
-                    start = os.lseek(self.fd, offset, os.SEEK_DATA)
+                    start = os.lseek(self.fd, offset, _SEEK_DATA)
                 except OSError as exc:
                     if exc.errno == errno.ENXIO:
                         break  # nothing but a hole up to the end
                     raise
                 if start >= size:
                     break
-                end = min(os.lseek(self.fd, start, os.SEEK_HOLE), size)
+                end = min(os.lseek(self.fd, start, _SEEK_HOLE), size)
                 extents.append((start, end - start))
                 offset = end
             os.lseek(self.fd, self.offset, os.SEEK_SET)

@@ -435,3 +435,27 @@ def test_huge_sizes_and_ids_in_each_format_header(tmp_path):
                    extras={SPARSE_KEY: encode_extents([(i * GIB, 10) for i in range(9)])})
     with pytest.raises(TarFormatError):
         TarWriter(io.BytesIO(), objects, "ustar").add(b"s", sparse)
+
+
+def test_pypy_finds_holes_and_attributes_too(tmp_path):
+    """PyPy lacks os.SEEK_DATA; the Linux values stand in (sourcefs)."""
+    _need("pypy3")
+    src = tmp_path / "src"
+    src.mkdir()
+    _sparse(os.fsencode(src / "sparse"), 2 * GIB, [(GIB, b"data")])
+    os.setxattr(src / "sparse", b"user.kept", b"yes")
+    savedir = str(tmp_path / "savedir")
+    pypy = ["pypy3", os.path.join(helpers.REPO, "bin", "backshift"), "--save-directory", savedir]
+    subprocess.run(pypy + ["--init-savedir"], check=True)
+    subprocess.run(pypy + ["--backup", "--subset", "pypy", "--no-fsync"], check=True,
+                   input=helpers.find_print0("src", cwd=str(tmp_path)), cwd=str(tmp_path),
+                   timeout=60)
+    assert helpers.du_bytes(savedir) < 4 << 20
+    (backup_id,) = helpers.list_ids(savedir)
+    stream = subprocess.run(pypy + ["--produce-tar", "--backup-id", backup_id,
+                                    "--tar-format", "pax"], check=True,
+                            stdout=subprocess.PIPE).stdout
+    member = tarfile.open(fileobj=io.BytesIO(stream)).getmember("src/sparse")
+    assert member.size == 2 * GIB and member.sparse[0][0] <= GIB
+    assert sum(length for _, length in member.sparse) < 1 << 20
+    assert member.pax_headers["SCHILY.xattr.user.kept"] == "yes"
