@@ -4,7 +4,8 @@ import time
 from typing import BinaryIO, Iterable, Sequence
 
 from .catalog import BackupRecord
-from .records import KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_HARDLINK, KIND_SYMLINK, ChunkRef
+from .records import (FLAG_PARTIAL, KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_HARDLINK, KIND_SYMLINK,
+                      ChunkRef)
 from .tarout import mode_string
 from .tree import TreeReader
 
@@ -51,6 +52,8 @@ def list_backup(reader: TreeReader, root: Sequence[ChunkRef], start: bytes, out:
                 simply: bool = False, recursive: bool = True) -> None:
     """One line per entry; as ``tar tvf`` prints, or names only when ``simply``."""
     for path, entry in reader.walk(root, start, recursive=recursive):
+        if entry.flags & FLAG_PARTIAL:
+            continue  # a checkpoint's prefix of a file still being read: not a file
         name = quote_name(path) if path else b"."
         if entry.kind == KIND_DIR:
             name += b"/"

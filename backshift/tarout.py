@@ -34,7 +34,8 @@ import tarfile
 from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .objectstore import ObjectError, ObjectStore
-from .records import (FLAG_INLINE, FLAG_SPARSE, KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO,
+from .records import (FLAG_INLINE, FLAG_PARTIAL, FLAG_SPARSE, KIND_BLOCK, KIND_CHAR, KIND_DIR,
+                      KIND_FIFO,
                       KIND_FILE, KIND_HARDLINK, KIND_SYMLINK, SPARSE_KEY, XATTR_PREFIX,
                       ChunkRef, Entry, Extent, RecordError, decode_extents)
 from .tree import TreeReader
@@ -173,7 +174,7 @@ class TarWriter:
         self.written = 0
         self.damaged = 0
         self.skipped = 0
-        # Entries whose extended attributes or sub-second times this format drops.
+        # Entries whose extended attributes (ACLs included) this format drops.
         self.attrs_dropped = 0
         # Paths of multiply linked files already written, and where a link
         # to a target outside the stream was written with its data instead.
@@ -242,9 +243,10 @@ class TarWriter:
         except ValueError as exc:
             raise TarFormatError("%s: cannot be stored in %s format: %s; skipped"
                                  % (os.fsdecode(member.path), self.format_name, exc)) from None
-        if self.format != tarfile.PAX_FORMAT and member.type != tarfile.LNKTYPE and (
-                member.entry.mtime_ns % 1_000_000_000
-                or any(key.startswith(XATTR_PREFIX) for key in member.entry.extras)):
+        # Sub-second times are not counted: nearly every file has them, and
+        # gnu and ustar users expect whole seconds, as from GNU tar itself.
+        if self.format != tarfile.PAX_FORMAT and member.type != tarfile.LNKTYPE and any(
+                key.startswith(XATTR_PREFIX) for key in member.entry.extras):
             self.attrs_dropped += 1
         return header
 
@@ -471,6 +473,8 @@ def produce_tar(reader: TreeReader, root: Sequence[ChunkRef], start: bytes, writ
     # a damaged file (exit 1), and the stream goes on well formed.
     for path, entry in reader.walk(root, start, recursive=recursive,
                                    on_damage=writer._damage):
+        if entry.flags & FLAG_PARTIAL:
+            continue  # a checkpoint's prefix of a file still being read: not a file
         writer.add(path, entry)
     writer.close()
 
