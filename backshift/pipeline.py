@@ -1,0 +1,193 @@
+"""Using both cores: objects stored by worker threads, tar data fetched ahead.
+
+CPython runs one thread of Python at a time, but BLAKE2b, zlib, lzma and
+file I/O (read, write, fsync) release that lock on large buffers.  A backup
+spends most of its time in exactly those calls, so:
+
+* ``StorePipeline`` lets the backup thread go on reading and chunking while
+  worker threads compress, write and fsync the chunks it produced.  The
+  digest is computed by the caller (it is cheap next to compression, and a
+  chunk list needs it at once), so a caller's chunk lists are complete and
+  in order the moment ``put`` returns; only the writing is deferred.  At most
+  ``max_bytes`` of chunks are in flight: memory stays bounded however fast
+  the reader is.  ``drain`` waits until everything handed over is written;
+  ``sync`` also makes the renames durable, so anything that *refers* to
+  objects (a checkpoint, the final backup record) is published only after
+  it.  Each object still goes through ``ObjectStore.put``, so an object that
+  is already present is touched (expiry relies on that), not rewritten.
+
+* ``Prefetcher`` does the reverse for restores: while tar data of one chunk
+  is written to stdout, the next chunks are read, decompressed and verified
+  by worker threads, up to ``max_bytes`` ahead, in the order they will be
+  asked for.
+
+A worker's exception (a full disk, say) is raised in the calling thread at
+its next call, so errors are not lost.
+"""
+
+import collections
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Deque, Dict, Iterable, Optional, Tuple
+
+from .compression import Compressor
+from .objectstore import ObjectStore, digest_of
+
+# Compression keeps every core busy; the extra threads wait in fsync (a disk
+# round trip per object) without taking a core from compression.
+EXTRA_IO_WORKERS = 6
+# Enough chunks in flight for every worker to have the next one queued,
+# small enough not to matter next to the rest of a backup's memory.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+
+def default_workers() -> int:
+    return (os.cpu_count() or 1) + EXTRA_IO_WORKERS
+
+
+class StorePipeline:
+    """Stores objects from worker threads; ``put`` returns the digest at once.
+
+    Has ``put`` with the signature of ``ObjectStore.put``, so code that
+    writes records (tree.RecordWriter) can be given either.
+    """
+
+    def __init__(self, objects: ObjectStore, workers: Optional[int] = None,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.objects = objects
+        self.max_bytes = max_bytes
+        self._pool = ThreadPoolExecutor(max_workers=workers or default_workers(),
+                                        thread_name_prefix="backshift-store")
+        # Objects handed over and not yet known to be written, oldest first.
+        self._pending: Dict[bytes, Tuple["Future[bytes]", int]] = {}
+        self._pending_bytes = 0
+        self.peak_bytes = 0
+
+    def put(self, data: bytes, compressor: Compressor, digest: Optional[bytes] = None) -> bytes:
+        """Hand ``data`` over for storing; return its digest."""
+        if digest is None:
+            digest = digest_of(data)
+        if digest in self._pending:
+            return digest  # the same content is already on its way
+        self._reap()
+        while self._pending and self._pending_bytes + len(data) > self.max_bytes:
+            self._wait_oldest()
+        future = self._pool.submit(self.objects.put, data, compressor, digest)
+        self._pending[digest] = (future, len(data))
+        self._pending_bytes += len(data)
+        self.peak_bytes = max(self.peak_bytes, self._pending_bytes)
+        return digest
+
+    @property
+    def in_flight(self) -> int:
+        """Objects handed over and not yet collected."""
+        return len(self._pending)
+
+    def _reap(self) -> None:
+        """Collect finished objects at the front of the queue."""
+        while self._pending:
+            future, _size = next(iter(self._pending.values()))
+            if not future.done():
+                return
+            self._wait_oldest()
+
+    def _wait_oldest(self) -> None:
+        digest = next(iter(self._pending))
+        future, size = self._pending.pop(digest)
+        self._pending_bytes -= size
+        future.result()  # raises the worker's exception here
+
+    def drain(self) -> None:
+        """Wait until every object handed over is written (or raise its error)."""
+        while self._pending:
+            self._wait_oldest()
+
+    def sync(self) -> None:
+        """Make every object handed over durable; call before publishing references."""
+        self.drain()
+        self.objects.sync()
+
+    def close(self) -> None:
+        """Stop the workers; objects not yet written are abandoned."""
+        for future, _size in self._pending.values():
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        self._pending.clear()
+        self._pending_bytes = 0
+
+
+class Prefetcher:
+    """Fetches objects ahead of their use, in the order they will be asked for.
+
+    ``want`` announces digests in order of use; ``get`` returns them in that
+    same order.  Fetching runs ahead while at most ``max_bytes`` (by the
+    lengths announced) are fetched and not yet taken.
+    """
+
+    def __init__(self, objects: ObjectStore, workers: Optional[int] = None,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.objects = objects
+        self.max_bytes = max_bytes
+        self._pool = ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 1),
+                                        thread_name_prefix="backshift-fetch")
+        self._announced: Deque[Tuple[bytes, int]] = collections.deque()
+        self._running: Deque[Tuple[bytes, int, "Future[bytes]"]] = collections.deque()
+        self._running_bytes = 0
+
+    def want(self, chunks: Iterable[Tuple[bytes, int]]) -> None:
+        """Announce (digest, length) pairs that ``get`` will be asked for next."""
+        self._announced.extend(chunks)
+        self._start()
+
+    def _start(self) -> None:
+        while self._announced and (not self._running
+                                   or self._running_bytes + self._announced[0][1]
+                                   <= self.max_bytes):
+            digest, length = self._announced.popleft()
+            self._running.append((digest, length, self._pool.submit(self.objects.get, digest)))
+            self._running_bytes += length
+
+    @property
+    def has_room(self) -> bool:
+        """Would an announcement now start fetching at once?"""
+        return not self._announced and self._running_bytes < self.max_bytes
+
+    @property
+    def running_bytes(self) -> int:
+        """Announced lengths of the objects being fetched or fetched and not taken."""
+        return self._running_bytes
+
+    def get(self, digest: bytes) -> bytes:
+        """The content of ``digest``, normally the next one announced.
+
+        Announced objects before it are dropped (their reader stopped
+        early); one never announced is read directly.  Raises what
+        ``ObjectStore.get`` raises (ObjectError) for that object."""
+        self._start()
+        if not self._skip_to(digest):
+            return self.objects.get(digest)
+        _digest, length, future = self._running.popleft()
+        self._running_bytes -= length
+        try:
+            return future.result()
+        finally:
+            self._start()
+
+    def _skip_to(self, digest: bytes) -> bool:
+        """Drop announcements before ``digest``; False if it was not announced."""
+        if not any(item[0] == digest for item in self._running) \
+                and not any(item[0] == digest for item in self._announced):
+            return False
+        while self._running[0][0] != digest:
+            _digest, length, future = self._running.popleft()
+            future.cancel()
+            self._running_bytes -= length
+            self._start()
+        return True
+
+    def close(self) -> None:
+        for _digest, _length, future in self._running:
+            future.cancel()
+        self._running.clear()
+        self._announced.clear()
+        self._pool.shutdown(wait=True)

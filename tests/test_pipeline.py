@@ -1,0 +1,116 @@
+"""The worker-thread pipelines: order, bounded memory, durability, errors, touch."""
+
+import os
+import random
+import time
+
+import pytest
+
+from backshift.compression import CompressionSpec, Compressor
+from backshift.objectstore import ObjectError, ObjectStore, digest_of
+from backshift.pipeline import Prefetcher, StorePipeline
+
+
+def _store(tmp_path) -> ObjectStore:
+    ObjectStore.create_layout(str(tmp_path))
+    return ObjectStore(str(tmp_path), "testhost", durable=True)
+
+
+def _chunks(count: int, size: int, seed: int = 1):
+    rng = random.Random(seed)
+    # Half text-like (compressible), half random: both codec paths run.
+    out = []
+    for index in range(count):
+        if index % 2:
+            out.append(rng.randbytes(size))
+        else:
+            out.append((b"line %d of some text\n" % index) * (size // 20))
+    return out
+
+
+def test_store_pipeline_keeps_order_and_writes_everything(tmp_path):
+    objects = _store(tmp_path)
+    pipeline = StorePipeline(objects, workers=3, max_bytes=1 << 20)
+    compressor = Compressor(CompressionSpec.parse("xz"))
+    chunks = _chunks(40, 100_000)
+    try:
+        digests = [pipeline.put(chunk, compressor) for chunk in chunks]
+        pipeline.sync()
+        assert pipeline.in_flight == 0
+    finally:
+        pipeline.close()
+    assert digests == [digest_of(chunk) for chunk in chunks]
+    for digest, chunk in zip(digests, chunks):
+        assert objects.get(digest) == chunk
+    # Never more than the budget in flight (one chunk may exceed it alone).
+    assert 0 < pipeline.peak_bytes <= 1 << 20
+    assert objects.objects_written == len(set(digests))
+
+
+def test_store_pipeline_is_asynchronous_until_sync(tmp_path):
+    objects = _store(tmp_path)
+    pipeline = StorePipeline(objects, workers=2, max_bytes=64 << 20)
+    compressor = Compressor(CompressionSpec.parse("xz:6"))
+    chunks = _chunks(8, 1 << 20, seed=2)
+    try:
+        digests = [pipeline.put(chunk, compressor) for chunk in chunks]
+        # xz -6 on 8 MiB takes far longer than handing it over.
+        assert pipeline.in_flight > 0
+        pipeline.sync()
+        assert all(os.path.exists(objects.path_of(digest)) for digest in digests)
+    finally:
+        pipeline.close()
+
+
+def test_store_pipeline_touches_objects_already_present(tmp_path):
+    objects = _store(tmp_path)
+    compressor = Compressor(CompressionSpec.parse("zlib"))
+    data = b"already here\n" * 1000
+    digest = objects.put(data, compressor)
+    old = time.time() - 10 * 86400
+    os.utime(objects.path_of(digest), (old, old))
+    fresh = ObjectStore(str(tmp_path), "testhost")  # knows nothing yet
+    pipeline = StorePipeline(fresh, workers=2)
+    try:
+        assert pipeline.put(data, compressor) == digest
+        pipeline.sync()
+    finally:
+        pipeline.close()
+    assert os.stat(objects.path_of(digest)).st_mtime > old + 86400
+    assert fresh.objects_written == 0
+
+
+def test_store_pipeline_raises_worker_errors(tmp_path):
+    objects = ObjectStore(str(tmp_path / "missing"), "testhost")  # no objects/ directory
+    pipeline = StorePipeline(objects, workers=2)
+    compressor = Compressor(CompressionSpec.parse("none"))
+    try:
+        pipeline.put(b"some data", compressor)
+        with pytest.raises(OSError):
+            pipeline.drain()
+    finally:
+        pipeline.close()
+
+
+def test_prefetcher_returns_in_order_bounded_and_skips(tmp_path):
+    objects = _store(tmp_path)
+    compressor = Compressor(CompressionSpec.parse("xz:0"))
+    chunks = _chunks(30, 50_000, seed=3)
+    refs = [(objects.put(chunk, compressor), len(chunk)) for chunk in chunks]
+    fetcher = Prefetcher(objects, workers=2, max_bytes=200_000)
+    try:
+        fetcher.want(refs)
+        assert fetcher.running_bytes <= 200_000
+        got = [fetcher.get(digest) for digest, _ in refs[:10]]
+        assert got == chunks[:10]
+        # A reader that stops early (a truncated entry) skips announced chunks.
+        assert fetcher.get(refs[20][0]) == chunks[20]
+        assert fetcher.get(refs[21][0]) == chunks[21]
+        # Unannounced objects are still fetched.
+        assert fetcher.get(refs[0][0]) == chunks[0]
+        missing = b"\x01" * 32
+        fetcher.want([(missing, 10)])
+        with pytest.raises(ObjectError):
+            fetcher.get(missing)
+    finally:
+        fetcher.close()
