@@ -1,0 +1,127 @@
+"""Issue 4 items 4 and 5: progress reports, streaming without them, bin/randomize."""
+
+import os
+import pty
+import re
+import select
+import subprocess
+import time
+
+from helpers import (BACKSHIFT, RANDOMIZE, assert_same_tree, extract, find_print0, list_ids,
+                     produce_tar, read_record, run)
+
+
+def make_tree(top: str, files: int = 200) -> None:
+    os.makedirs(os.path.join(top, "sub"))
+    for n in range(files):
+        with open(os.path.join(top, "sub" if n % 3 else "", "f%03d" % n), "wb") as handle:
+            handle.write(os.urandom(50 + 400 * n))
+
+
+def test_full_progress_report_on_request(savedir, tmp_path):
+    make_tree(str(tmp_path / "src"))
+    result = run(["--save-directory", savedir, "--backup", "--subset", "p", "--no-fsync",
+                  "--progress-report", "full"], input=find_print0("src", cwd=str(tmp_path)),
+                 cwd=str(tmp_path))
+    assert result.returncode == 0
+    err = result.stderr.decode()
+    assert "202 paths to back up" in err  # the list was read first
+    last = err.split("\r")[-1]
+    assert re.search(r"100\.0%", last), err
+    assert "202/202 files" in last and "ETA 0:00:00" in last and "/s" in last
+    assert result.stdout == b""
+
+
+def test_progress_by_default_on_a_terminal_only(savedir, tmp_path):
+    make_tree(str(tmp_path / "src"))
+    paths = find_print0("src", cwd=str(tmp_path))
+    # No terminal (cron): nothing at all on stderr.
+    quiet = run(["--save-directory", savedir, "--backup", "--subset", "p"], input=paths,
+                cwd=str(tmp_path))
+    assert quiet.returncode == 0 and quiet.stderr == b""
+    # stderr a real terminal: the full report, percent and ETA, redrawn in place.
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(BACKSHIFT + ["--save-directory", savedir, "--backup", "--subset",
+                                         "tty"], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=slave, cwd=str(tmp_path))
+    os.close(slave)
+    proc.stdin.write(paths)
+    proc.stdin.close()
+    shown = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            break
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the terminal's last writer has gone
+            break
+        if not data:
+            break
+        shown += data
+    os.close(master)
+    assert proc.wait(timeout=60) == 0
+    assert b"paths to back up" in shown and b"%" in shown and b"ETA" in shown, shown
+    assert b"\r" in shown
+
+
+def test_no_stats_streams_paths_as_they_arrive(savedir, tmp_path):
+    # With --no-stats a path is backed up (and checkpointed) while find is
+    # still running: the path list is never held whole.
+    make_tree(str(tmp_path / "src"), files=5)
+    proc = subprocess.Popen(BACKSHIFT + ["--save-directory", savedir, "--backup", "--subset",
+                                         "stream", "--no-stats", "--no-fsync",
+                                         "--checkpoint-interval", "0.05"],
+                            cwd=str(tmp_path), stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(b"src\0src/f000\0src/f003\0")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 30
+        files = 0
+        while time.monotonic() < deadline and files < 2:
+            time.sleep(0.05)
+            proc.stdin.write(b"src/sub\0")  # keeps the checkpoint clock ticking
+            proc.stdin.flush()
+            ids = list_ids(savedir)
+            files = read_record(savedir, ids[0])["files"] if ids else 0
+        assert files >= 2, "paths were not handled before the input ended"
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0, proc.stderr.read().decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+
+
+def test_randomize_nul_and_newline(tmp_path):
+    items = [b"item %d" % n for n in range(500)] + [b"with\nnewline", b"bad\xffbyte"]
+    nul = subprocess.run(RANDOMIZE + ["-0"], input=b"".join(i + b"\0" for i in items),
+                         stdout=subprocess.PIPE, check=True).stdout
+    shuffled = nul.split(b"\0")
+    assert shuffled.pop() == b""
+    assert sorted(shuffled) == sorted(items) and shuffled != items
+    lines = [b"line %d" % n for n in range(500)]
+    out = subprocess.run(RANDOMIZE, input=b"\n".join(lines) + b"\n",
+                         stdout=subprocess.PIPE, check=True).stdout
+    shuffled = out.split(b"\n")
+    assert shuffled.pop() == b""
+    assert sorted(shuffled) == sorted(lines) and shuffled != lines
+
+
+def test_randomize_between_find_and_backshift(savedir, tmp_path):
+    # find -print0 | randomize -0 | backshift: out of order, still a whole backup.
+    top = str(tmp_path / "src")
+    make_tree(top)
+    os.makedirs(os.path.join(top, "sub", "new\nline dir"))
+    with open(os.path.join(top, "sub", "new\nline dir", "x"), "wb") as handle:
+        handle.write(b"x")
+    shuffled = subprocess.run(RANDOMIZE + ["-0"], input=find_print0("src", cwd=str(tmp_path)),
+                              stdout=subprocess.PIPE, check=True).stdout
+    result = run(["--save-directory", savedir, "--backup", "--subset", "r", "--no-fsync"],
+                 input=shuffled, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    dest = str(tmp_path / "restored")
+    extract(produce_tar(savedir, list_ids(savedir)[0]), dest)
+    assert_same_tree(top, os.path.join(dest, "src"), dir_mtimes=False)
