@@ -297,8 +297,8 @@ def _produce_tar(args, savedir: SaveDir, reader: TreeReader, record, start: byte
     produce_tar(reader, record.root, start, writer, recursive=not args.nonrecursive)
     out.flush()
     if writer.attrs_dropped:
-        stderr.write("backshift: note: %d entries have extended attributes, ACLs or sub-second "
-                     "times that %s format cannot hold; --tar-format pax keeps them\n"
+        stderr.write("backshift: note: %d entries have extended attributes or ACLs that %s "
+                     "format cannot hold; --tar-format pax keeps them\n"
                      % (writer.attrs_dropped, args.tar_format))
     return EXIT_PARTIAL if writer.damaged or writer.skipped else EXIT_OK
 

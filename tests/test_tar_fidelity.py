@@ -459,3 +459,13 @@ def test_pypy_finds_holes_and_attributes_too(tmp_path):
     assert member.size == 2 * GIB and member.sparse[0][0] <= GIB
     assert sum(length for _, length in member.sparse) < 1 << 20
     assert member.pax_headers["SCHILY.xattr.user.kept"] == "yes"
+
+
+def test_gnu_format_says_how_many_entries_lose_attributes(saved):
+    result = helpers.run(["--save-directory", saved["savedir"], "--produce-tar",
+                          "--backup-id", saved["id"], "--starting-directory", "src/fid"])
+    assert result.returncode == 0
+    # xattrs, acl-file, acl-dir, link-with-xattr (trusted.*): four entries.
+    assert result.stderr.decode() == ("backshift: note: 4 entries have extended attributes or "
+                                      "ACLs that gnu format cannot hold; --tar-format pax "
+                                      "keeps them\n")
