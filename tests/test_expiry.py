@@ -344,7 +344,9 @@ def test_expire_in_a_loop_while_three_backups_run(tmp_path, savedir):
     threads = [threading.Thread(target=worker, args=(host,)) for host in HOSTS]
     for thread in threads:
         thread.start()
-    settings = [["--keep-last", "1"], ["--keep-last", "2"], ["--keep-last", "0"],
+    # Never all of them at once: some backups must remain to be restored.
+    settings = [["--keep-last", "1"], ["--keep-last", "2"],
+                ["--keep-last", "0", "--hostname", "h3"],
                 ["--keep-last", "1", "--hostname", "h2"], ["--keep-last", "0", "--subset", "x"]]
     runs = objects_removed = backups_removed = 0
     try:
