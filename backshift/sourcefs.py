@@ -99,6 +99,9 @@ class SourceTree:
         self._parents = ParentCache()
         self._users: Dict[int, bytes] = {}
         self._groups: Dict[int, bytes] = {}
+        # Extended attributes are read through /proc/self/fd/<parent>/<name>
+        # where /proc is mounted (checked once: a stat per file adds up).
+        self._proc_fd = os.path.isdir(b"/proc/self/fd")
         # Content bytes read from the source so far (reported in the backup
         # record, so tests and users can see what an incremental re-read).
         self.bytes_read = 0
@@ -139,7 +142,7 @@ class SourceTree:
             return {}, None
         parent, name = split_parent(path)
         where = path
-        if name not in (b".", b"/", b"") and os.path.isdir(b"/proc/self/fd"):
+        if name not in (b".", b"/", b"") and self._proc_fd:
             try:
                 where = b"/proc/self/fd/%d/%s" % (self._parents.parent_fd(parent), name)
             except OSError as exc:
