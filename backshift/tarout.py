@@ -257,8 +257,10 @@ class TarWriter:
         info.mode = entry.mode
         info.uid = entry.uid
         info.gid = entry.gid
-        info.uname = _text(entry.uname)
-        info.gname = _text(entry.gname)
+        # A name too long for the 32-byte field is left out rather than cut
+        # (a cut name could be someone else's): tar falls back to the id.
+        info.uname = _text(entry.uname) if len(entry.uname) <= 32 else ""
+        info.gname = _text(entry.gname) if len(entry.gname) <= 32 else ""
         info.mtime = entry.mtime_ns // 1_000_000_000
         info.size = member.size
         info.linkname = _text(member.linkname)

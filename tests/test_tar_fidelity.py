@@ -424,13 +424,15 @@ def test_huge_sizes_and_ids_in_each_format_header(tmp_path):
     """Headers of a 9 GiB non-sparse file, as tar reads them (no 9 GiB of data needed)."""
     objects = ObjectStore(str(tmp_path), "test")
     entry = Entry(b"big", KIND_FILE, mode=0o600, uid=BIG_UID, gid=7, size=HUGE,
-                  mtime_ns=-1_500_000_000)
+                  mtime_ns=-1_500_000_000, uname=b"u" * 40)
     for fmt in ("gnu", "pax"):
         writer = TarWriter(io.BytesIO(), objects, fmt)
         header = writer._header(writer._member(b"big", entry))
         info = tarfile.open(fileobj=io.BytesIO(header + bytes(1024)), mode="r:").next()
         assert (info.size, info.uid, info.gid) == (HUGE, BIG_UID, 7), fmt
         assert info.mtime == (-2 if fmt == "gnu" else -1.5), fmt
+        # A name longer than the gnu field is left out (numeric fallback), not cut.
+        assert info.uname == ("" if fmt == "gnu" else "u" * 40), fmt
     sparse = Entry(b"s", KIND_FILE, size=HUGE, flags=FLAG_SPARSE,
                    extras={SPARSE_KEY: encode_extents([(i * GIB, 10) for i in range(9)])})
     with pytest.raises(TarFormatError):
