@@ -18,10 +18,11 @@ The walk of a tree (``scan_tree``) is shared with expiry, which marks every
 object the remaining backups refer to.
 """
 
+import collections
 import concurrent.futures
 import os
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Set, TextIO, Tuple
+from typing import Callable, Deque, Dict, Iterator, List, Optional, Sequence, Set, TextIO, Tuple
 
 from .catalog import BackupRecord, Catalog, CatalogError
 from .compression import CODEC_NAMES, CODEC_NONE, CODEC_XZ
@@ -269,31 +270,45 @@ class Checker:
                                                             len(self.referenced)))
 
     def _verify_all(self) -> None:
-        """Read and hash every object present, both cores busy; then find the missing."""
+        """Read and hash every object present, every core busy; then find the missing."""
         present: Set[bytes] = set()
         started = time.monotonic()
+        window: Deque[Tuple[bytes, "concurrent.futures.Future[Tuple[Optional[str], int]]"]] = \
+            collections.deque()
         with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
-            for prefix in range(256):
-                digests = list(self._digests_in(prefix))
-                present.update(digests)
-                results = pool.map(lambda d: verify_object(self.objects, d), digests)
-                for digest, (problem, size) in zip(digests, results):
-                    self.objects_checked += 1
-                    self.bytes_checked += size
-                    if problem is not None:
-                        self.bad.setdefault(digest, problem)
-                    elif digest in self.referenced and size != self.referenced[digest]:
-                        self.bad.setdefault(digest, "holds %d bytes, the backup expects %d"
-                                            % (size, self.referenced[digest]))
-                elapsed = max(time.monotonic() - started, 1e-6)
-                self.progress.show("verifying: %3d%% %d objects, %s, %s/s"
-                                   % ((prefix + 1) * 100 // 256, self.objects_checked,
-                                      human_bytes(self.bytes_checked),
-                                      human_bytes(self.bytes_checked / elapsed)))
+            # A few objects in flight per worker: decompression and hashing
+            # release the GIL, and memory stays bounded.
+            for prefix, digest in self._all_digests():
+                present.add(digest)
+                window.append((digest, pool.submit(verify_object, self.objects, digest)))
+                if len(window) >= 4 * self.workers:
+                    self._verified(*window.popleft(), prefix=prefix, started=started)
+            while window:
+                self._verified(*window.popleft(), prefix=255, started=started)
         for digest in self.referenced:
             # Written after its directory was listed?  Then it is there now.
             if digest not in present and not self.objects.exists(digest):
                 self.bad.setdefault(digest, "missing")
+
+    def _verified(self, digest: bytes, future, prefix: int, started: float) -> None:
+        problem, size = future.result()
+        self.objects_checked += 1
+        self.bytes_checked += size
+        if problem is not None:
+            self.bad.setdefault(digest, problem)
+        elif digest in self.referenced and size != self.referenced[digest]:
+            self.bad.setdefault(digest, "holds %d bytes, the backup expects %d"
+                                % (size, self.referenced[digest]))
+        elapsed = max(time.monotonic() - started, 1e-6)
+        self.progress.show("verifying: %3d%% %d objects, %s, %s/s"
+                           % ((prefix + 1) * 100 // 256, self.objects_checked,
+                              human_bytes(self.bytes_checked),
+                              human_bytes(self.bytes_checked / elapsed)))
+
+    def _all_digests(self) -> Iterator[Tuple[int, bytes]]:
+        for prefix in range(256):
+            for digest in self._digests_in(prefix):
+                yield prefix, digest
 
     def _digests_in(self, prefix: int):
         directory = os.path.join(self.objects.root, "%02x" % prefix)
