@@ -43,7 +43,7 @@ from .tree import RecordWriter, TreeReader, split_path, store_top_record
 INLINE_MAX = 16 * 1024
 # Inline contents of earlier backups kept in memory per directory for
 # reuse; past this a directory's small files are simply read again.
-PREVIOUS_INLINE_BUDGET = 4 * 1024 * 1024
+PREVIOUS_INLINE_BUDGET = 32 * 1024 * 1024
 # A file changed within this many ns of an earlier backup's start may have
 # changed again in the same timestamp tick after it was read: re-read it.
 TIMESTAMP_SLACK_NS = 2_000_000_000
@@ -55,7 +55,7 @@ class BackupOptions:
 
     def __init__(self, subset: str, hostname: str,
                  compression: Optional[CompressionSpec] = None,
-                 checkpoint_interval: float = 300.0, inode_check: bool = True,
+                 checkpoint_interval: float = 60.0, inode_check: bool = True,
                  inline_max: int = INLINE_MAX) -> None:
         self.subset = subset
         self.hostname = hostname

@@ -10,7 +10,7 @@ import datetime
 import json
 import os
 import re
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Set
 
 from .objectstore import TEMP_PREFIX, fsync_directory, write_file_atomically
 from .records import ChunkRef
@@ -136,6 +136,9 @@ class Catalog:
         self.root = os.path.join(savedir, BACKUPS_DIR)
         self.hostname = hostname
         self.durable = durable
+        # Records this process published: replacing one that has vanished
+        # means expiry removed it (see write).
+        self._published: Set[str] = set()
 
     @staticmethod
     def create_layout(savedir: str) -> None:
@@ -174,11 +177,19 @@ class Catalog:
 
     def write(self, record: BackupRecord) -> None:
         """Publish a record atomically (the caller has made its objects durable)."""
+        if record.backup_id in self._published and \
+                not os.path.exists(self.path_of(record.backup_id)):
+            # --expire took this backup for dead (no heartbeat for an hour)
+            # and removed it: objects it counted on may be gone too.
+            raise CatalogError("backup %s: its record was removed while it ran (by --expire, "
+                               "after no sign of life for too long); objects it relies on "
+                               "may be gone: run the backup again" % record.backup_id)
         record.updated = utc_now()
         write_file_atomically(self.root, record.backup_id, record.to_json(), self.hostname,
                               self.durable)
         if self.durable:
             fsync_directory(self.root)
+        self._published.add(record.backup_id)
 
     def remove(self, backup_id: str) -> None:
         os.unlink(self.path_of(backup_id))

@@ -237,6 +237,36 @@ def test_unfinished_backups_live_are_kept_stale_are_removed(tmp_path, savedir):
     assert object_files(savedir) == []
 
 
+def test_a_backup_expired_as_dead_that_wakes_up_stops(tmp_path, savedir):
+    """A stalled backup (a suspended laptop) taken for dead and expired must
+    not go on to publish a record naming objects that may have gone."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(MIB))
+    write_slow_file(src / "slow.txt")
+    listing = tmp_path / "paths"
+    listing.write_bytes(b"src\0src/a.bin\0src/slow.txt\0")
+    with open(str(listing), "rb") as stdin:
+        proc = subprocess.Popen(helpers.BACKSHIFT + [
+            "--save-directory", savedir, "--backup", "--subset", "t", "--no-fsync",
+            "--checkpoint-interval", "0.05"], stdin=stdin, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, cwd=str(tmp_path))
+    wait_until(lambda: len(object_files(savedir)) >= 1)
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        (stalled,) = helpers.list_ids(savedir)
+        record = os.path.join(savedir, "backups", stalled)
+        os.utime(record, (time.time() - HOURS_AGO_2,) * 2)
+        report = expire(savedir, "--max-age", "0s")
+        assert stalled in report and helpers.list_ids(savedir) == []
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert b"record was removed while it ran" in err and b"Traceback" not in err
+    assert helpers.list_ids(savedir) == []
+
+
 def test_expire_removes_nothing_while_a_remaining_backup_is_damaged(tmp_path, savedir):
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
