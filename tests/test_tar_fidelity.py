@@ -72,6 +72,7 @@ def make_fidelity_tree(top: str) -> None:
     os.setxattr(at(b"xattrs"), b"user.100%", b"a % that needs no escaping")
     os.setxattr(at(b"xattrs"), b"user.empty", b"")
     os.setxattr(at(b"xattrs"), b"trusted.secret", b"root only")
+    os.setxattr(at(b"xattrs"), b"security.backshift-test", b"any namespace")
     os.makedirs(at(b"acl-dir"))
     _write(at(b"acl-file"), b"acl\n", 0o640)
     subprocess.run(["setfacl", "-m", "u:nobody:r,g:nogroup:rw,u:12345:x", at(b"acl-file")],
