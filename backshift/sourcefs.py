@@ -150,8 +150,8 @@ class SourceTree:
         try:
             names = os.listxattr(where, follow_symlinks=False)
         except OSError as exc:
-            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-                return {}, None  # the file system has none
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                return {}, None  # the file system (or FUSE server) has none
             return {}, "extended attributes not read: " + _reason(exc)
         found: Dict[bytes, bytes] = {}
         problems: List[str] = []
