@@ -233,9 +233,8 @@ class Checker:
             self._check_headers()
         self.progress.clear()
         damages = self._attribute() if (self.bad or self.bad_dir_records) else {}
-        self._report(damages)
-        healthy = not (self.bad_records or damages or self.bad)
-        return EXIT_OK if healthy else EXIT_DAMAGED
+        problems = self._report(damages)
+        return EXIT_OK if problems == 0 else EXIT_DAMAGED
 
     def _read_records(self) -> None:
         for backup_id in self.catalog.ids():
@@ -359,7 +358,8 @@ class Checker:
 
     # -- the report ----------------------------------------------------------
 
-    def _report(self, damages: Dict[bytes, Damage]) -> None:
+    def _report(self, damages: Dict[bytes, Damage]) -> int:
+        """Print every problem and a summary; return how many problems there are."""
         write = self.out.write
         for backup_id, reason in sorted(self.bad_records.items()):
             write("backshift: backup record %s: %s\n" % (backup_id, reason))
@@ -374,9 +374,11 @@ class Checker:
                 more = damage.counts[backup_id] - len(damage.paths[backup_id])
                 write("backshift:   damages backup %s: %s%s\n"
                       % (backup_id, shown, " and %d more" % more if more else ""))
-        for digest in sorted(set(self.bad) - set(damages)):
-            if digest in self.referenced:
-                continue  # referenced only by backups removed while we checked
+        # A bad object referenced only by backups removed (expired) while we
+        # checked damages nothing; one no backup refers to is still reported.
+        unused = sorted(digest for digest in set(self.bad) - set(damages)
+                        if digest not in self.referenced)
+        for digest in unused:
             write("backshift: object %s: %s (used by no backup: remove it, or a later "
                   "backup of the same content would use it)\n"
                   % (digest.hex(), self.bad[digest]))
@@ -388,14 +390,16 @@ class Checker:
             elapsed = max(time.monotonic() - self.progress.started, 1e-6)
             summary += " (%s, %s/s)" % (human_bytes(self.bytes_checked),
                                         human_bytes(self.bytes_checked / elapsed))
-        if damaged_backups or self.bad:
+        problems = len(self.bad_records) + len(damages) + len(unused)
+        if problems:
             write("backshift: %s: %s; %d damaged objects; %d damaged backups\n"
                   % ("verify" if self.verify else "check", summary,
-                     len(self.bad) + len(self.bad_dir_records), len(damaged_backups)))
+                     len(damages) + len(unused), len(damaged_backups)))
         elif self.progress.enabled:
             write("backshift: %s: %s: all healthy\n"
                   % ("verify" if self.verify else "check", summary))
         self.out.flush()
+        return problems
 
 
 def _show(path: bytes) -> str:

@@ -387,6 +387,9 @@ def test_expire_in_a_loop_while_three_backups_run(tmp_path, savedir):
             backups_removed += removed[0]
             objects_removed += removed[1]
             runs += 1
+            if runs % 3 == 0:  # while backups write, a check finds nothing wrong
+                result = helpers.run(["--save-directory", savedir, "--check"])
+                assert result.returncode == 0, result.stderr.decode(errors="replace")
     finally:
         done.set()
         for thread in threads:
