@@ -1,6 +1,7 @@
 """--expire: which backups go, that space comes back, and that it is safe
 while other processes back up (real processes, real files, real tar)."""
 
+import datetime
 import os
 import random
 import re
@@ -13,7 +14,8 @@ import time
 import pytest
 
 import helpers
-from backshift.expiry import parse_duration
+from backshift.catalog import BackupRecord
+from backshift.expiry import TIMESTAMP_MARGIN, Heartbeat, parse_duration, protection_time
 from backshift.savedir import SaveDir
 from backshift.tree import TreeReader
 
@@ -72,6 +74,29 @@ def test_durations():
     for bad in ("", "90", "d", "-1d", "1x", "1d2h"):
         with pytest.raises(ValueError):
             parse_duration(bad)
+
+
+def test_protection_time_allows_for_writers_clocks():
+    """P is never after a live backup's start, whichever clock is off."""
+    start = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
+    now = start.timestamp() + 600
+
+    def beat(writer_offset: float, state="unfinished") -> Heartbeat:
+        # The writer's clock reads true time + writer_offset.
+        record = BackupRecord("id", "h", "s", start + datetime.timedelta(seconds=writer_offset))
+        record.state = state
+        record.updated = start + datetime.timedelta(seconds=writer_offset + 60)
+        return Heartbeat(record, start.timestamp() + 60)  # mtime: the save directory's clock
+
+    assert protection_time([], now, 0) == now - TIMESTAMP_MARGIN
+    assert protection_time([beat(0)], now, 0) == start.timestamp() - TIMESTAMP_MARGIN
+    # A writer an hour fast: its "started" is an hour late; corrected.
+    assert protection_time([beat(3600)], now, 0) <= start.timestamp() - TIMESTAMP_MARGIN
+    # An hour slow: its own stamps (sshfs utime) are an hour early; kept too.
+    assert protection_time([beat(-3600)], now, 0) <= start.timestamp() - 3600
+    assert protection_time([beat(0, "complete")], now, 30) == now - 30 - TIMESTAMP_MARGIN
+    assert not beat(0).stale(start.timestamp() + 60 + 3000)
+    assert beat(0).stale(start.timestamp() + 60 + 3700)
 
 
 def test_bad_expire_options_are_one_line_exit_2(savedir):
