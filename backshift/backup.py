@@ -34,7 +34,7 @@ from .records import (FLAG_IMPLICIT, FLAG_INLINE, FLAG_PARTIAL, KIND_BLOCK, KIND
                       Entry)
 from .records import FLAG_SPARSE, SPARSE_KEY, XATTR_PREFIX, encode_extents
 from .savedir import SaveDir
-from .sourcefs import SourceError, SourceFile, SourceTree
+from .sourcefs import SourceError, SourceFile, SourceTree, device_numbers
 from .tree import RecordWriter, TreeReader, split_path, store_top_record
 
 # Files up to this size are stored inside their directory's record instead
@@ -377,7 +377,7 @@ class Backup:
             return self._metadata(name, KIND_FIFO, st)
         if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             entry = self._metadata(name, KIND_CHAR if stat.S_ISCHR(mode) else KIND_BLOCK, st)
-            entry.rdev_major, entry.rdev_minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+            entry.rdev_major, entry.rdev_minor = device_numbers(st.st_rdev)
             return entry
         if stat.S_ISSOCK(mode):
             self.reporter.note(path, "socket ignored")

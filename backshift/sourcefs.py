@@ -352,3 +352,23 @@ class SourceFile:
             return True
         return (now.st_size != self.stat.st_size or now.st_mtime_ns != self.stat.st_mtime_ns
                 or self.offset != self.stat.st_size)
+
+
+def device_numbers(rdev: int) -> Tuple[int, int]:
+    """(major, minor) of a device number as stat gives it.
+
+    On Linux this decodes glibc's layout itself: PyPy 7.3's os.major and
+    os.minor return garbage once the number passes 2**31 (minors of 2**19
+    and up), while CPython agrees with this formula everywhere."""
+    if sys.platform.startswith("linux"):
+        return (((rdev >> 8) & 0xFFF) | ((rdev >> 32) & 0xFFFFF000),
+                (rdev & 0xFF) | ((rdev >> 12) & 0xFFFFFF00))
+    return os.major(rdev), os.minor(rdev)
+
+
+def make_device(major: int, minor: int) -> int:
+    """The device number for (major, minor): os.makedev, without PyPy's overflow on Linux."""
+    if sys.platform.startswith("linux"):
+        return (((major & 0xFFF) << 8) | ((major & 0xFFFFF000) << 32)
+                | (minor & 0xFF) | ((minor & 0xFFFFFF00) << 12))
+    return os.makedev(major, minor)
