@@ -31,7 +31,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, TextIO, Tuple
 
 from .catalog import BackupRecord, CatalogError
 from .checking import Progress, scan_tree
-from .objectstore import DIGEST_SIZE, TEMP_PREFIX, ObjectError, fsync_directory, unique_suffix
+from .objectstore import DIGEST_SIZE, TEMP_PREFIX, fsync_directory, unique_suffix
 from .progress import human_bytes
 from .records import ChunkRef
 from .savedir import SaveDir
@@ -416,13 +416,8 @@ def run_expire(savedir: SaveDir, args, stderr: TextIO) -> int:
         return EXIT_FATAL
     level = getattr(args, "progress_report", None)
     verbose = (level not in (None, "none")) or (level is None and _isatty(stderr))
-    expiry = Expiry(savedir, max_age, args.keep_last, grace, args.hostname, args.subset,
-                    stderr, verbose)
-    try:
-        return expiry.run()
-    except ObjectError as exc:  # pragma: no cover - scan_tree reports these itself
-        stderr.write("backshift: expire: %s\n" % exc)
-        return EXIT_DAMAGED
+    return Expiry(savedir, max_age, args.keep_last, grace, args.hostname, args.subset,
+                  stderr, verbose).run()
 
 
 def _isatty(stream: TextIO) -> bool:
