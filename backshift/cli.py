@@ -112,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("--no-inode-check", action="store_true",
                         help="do not compare inode numbers to detect unchanged files "
                              "(for sshfs and other file systems with unstable inodes)")
-    backup.add_argument("--checkpoint-interval", metavar="SECONDS", type=float, default=300.0,
-                        help="publish an unfinished backup record this often (default 300)")
+    backup.add_argument("--checkpoint-interval", metavar="SECONDS", type=float, default=60.0,
+                        help="publish an unfinished backup record this often (default 60)")
     backup.add_argument("--no-fsync", action="store_true",
                         help="do not flush objects to disk (faster; unsafe on power loss)")
     restore = parser.add_argument_group("listing and restoring")
@@ -307,6 +307,10 @@ def _paths(args: argparse.Namespace, stdin: BinaryIO) -> Iterable[bytes]:
     if args.filelist:
         handle = open(args.filelist, "rb")
         return iter_nul_paths(handle)
+    if stdin.isatty():
+        # Nobody types NUL-separated paths: the find pipe was forgotten.
+        raise UsageError("--backup reads NUL-separated paths from stdin, which is a terminal; "
+                         "pipe find ... -print0 into it, or use --filelist")
     return iter_nul_paths(stdin)
 
 

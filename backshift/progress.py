@@ -14,7 +14,7 @@ The report is redrawn in place at most REDRAW_SECONDS apart.
 
 import os
 import time
-from typing import Iterable, List, Optional, TextIO, Tuple
+from typing import Iterable, Iterator, List, Optional, TextIO, Tuple
 
 from .backup import Reporter
 
@@ -36,6 +36,33 @@ def human_duration(seconds: float) -> str:
     return "%d:%02d:%02d" % (seconds // 3600, seconds // 60 % 60, seconds % 60)
 
 
+class PathList:
+    """An inhaled path list, packed: one buffer of NUL-terminated paths.
+
+    A list of bytes objects costs about 40 bytes per path beyond the names
+    themselves; packed, 300,000 paths cost little more than their names.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.count = 0
+
+    def append(self, path: bytes) -> None:
+        self._buffer += path
+        self._buffer += b"\0"
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[bytes]:
+        buffer, start = self._buffer, 0
+        while start < len(buffer):
+            end = buffer.index(b"\0", start)
+            yield bytes(buffer[start:end])
+            start = end + 1
+
+
 class ProgressReporter(Reporter):
     """A Reporter that also draws a one-line progress report."""
 
@@ -51,19 +78,26 @@ class ProgressReporter(Reporter):
         self.total_bytes: Optional[int] = None
         self._line_len = 0
 
-    def inhale(self, paths: Iterable[bytes]) -> List[bytes]:
-        """Read the whole path list first (moderate and full levels)."""
-        inhaled = list(paths)
-        self.total_files = len(inhaled)
-        if self.level == "full":
-            total = 0
-            for path in inhaled:
+    def inhale(self, paths: Iterable[bytes]) -> PathList:
+        """Read the whole path list first (moderate and full levels).
+
+        At the full level every path is lstat'ed as it is read, so the
+        estimate weighs files by size (stat is cheap next to reading).
+        """
+        inhaled = PathList()
+        total = 0
+        weigh = self.level == "full"
+        for path in paths:
+            inhaled.append(path)
+            if weigh:
                 try:
                     st = os.lstat(path)
                 except OSError:
                     continue
                 if st.st_mode & 0o170000 == 0o100000:
                     total += st.st_size
+        self.total_files = len(inhaled)
+        if weigh:
             self.total_bytes = total
         self.stream.write("backshift: %d paths to back up\n" % self.total_files)
         return inhaled

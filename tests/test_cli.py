@@ -6,6 +6,7 @@ the problem, never a traceback; cron runs that go well print nothing.
 
 import json
 import os
+import pty
 import re
 import signal
 import subprocess
@@ -288,6 +289,19 @@ def test_unfinished_backup_can_be_listed_and_restored(tmp_path, savedir):
     helpers.extract(result.stdout, str(tmp_path / "out"))
     assert (tmp_path / "out" / "src" / "f00").read_bytes() == b"file 0\n"
     assert not (tmp_path / "out" / "src" / "f19").exists()
+
+
+def test_backup_refuses_a_terminal_as_its_path_list(savedir):
+    controller, terminal = pty.openpty()
+    try:
+        result = subprocess.run(helpers.BACKSHIFT + ["--save-directory", savedir, "--backup",
+                                                     "--subset", "tty"], stdin=terminal,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert_one_line_error(result, "terminal", "find")
+    assert helpers.list_ids(savedir) == []
 
 
 def test_interrupt_is_one_line(tmp_path, savedir):

@@ -123,6 +123,7 @@ def test_kill_9_at_several_points_then_resume(savedir, tmp_path):
         # (files complete at the checkpoint only, each exactly as in the source).
         listing = run_ok(["--save-directory", savedir, "--list-backups"]).stdout.decode()
         assert killed in listing
+        run_ok(["--save-directory", savedir, "--verify"])  # every object whole
         if record["root"] is not None:
             saved = saved_so_far(savedir, record)
             assert saved[0] + saved[1] >= sum(newest_saved), label  # nothing lost

@@ -8,6 +8,7 @@ mounts, which is what --no-inode-check is for.
 """
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -68,7 +69,7 @@ class Sshfs:
 
     def mount(self, remote: str, mountpoint: str) -> None:
         os.makedirs(mountpoint, exist_ok=True)
-        user = os.environ.get("USER") or "root"
+        user = pwd.getpwuid(os.getuid()).pw_name
         subprocess.run(["sshfs", "%s@127.0.0.1:%s" % (user, remote), mountpoint,
                         "-p", str(self.port), "-o",
                         "IdentityFile=%s,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,"
