@@ -261,21 +261,19 @@ def _checkpoints(savedir: str) -> int:
 def test_unfinished_backup_can_be_listed_and_restored(tmp_path, savedir):
     src = tmp_path / "src"
     src.mkdir()
-    for n in range(20):
-        (src / ("f%02d" % n)).write_bytes(b"file %d\n" % n)
+    for n in range(400):
+        (src / ("f%03d" % n)).write_bytes(b"file %d\n" % n)
     proc = subprocess.Popen(helpers.BACKSHIFT + [
         "--save-directory", savedir, "--backup", "--subset", "cut", "--no-fsync",
         "--checkpoint-interval", "0.01"], cwd=str(tmp_path), stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        # Feed half the paths slowly, as a slow find would, so that checkpoints publish the
-        # first files; then kill the backup as a power cut would, its input still open.
-        for name in [b"src"] + [b"src/f%02d" % n for n in range(10)]:
-            proc.stdin.write(name + b"\0")
-            proc.stdin.flush()
-            time.sleep(0.2)
+        # Give it most of the paths (more than it reads ahead), wait for checkpoints to
+        # publish the first files, then kill it as a power cut would, its input still open.
+        proc.stdin.write(b"\0".join([b"src"] + [b"src/f%03d" % n for n in range(300)]) + b"\0")
+        proc.stdin.flush()
         deadline = time.monotonic() + 60
-        while _checkpoints(savedir) < 3 and time.monotonic() < deadline:
+        while _checkpoints(savedir) < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         proc.kill()
@@ -287,8 +285,8 @@ def test_unfinished_backup_can_be_listed_and_restored(tmp_path, savedir):
     assert result.returncode == 0 and "Traceback" not in result.stderr.decode()
     assert "unfinished" in result.stderr.decode()
     helpers.extract(result.stdout, str(tmp_path / "out"))
-    assert (tmp_path / "out" / "src" / "f00").read_bytes() == b"file 0\n"
-    assert not (tmp_path / "out" / "src" / "f19").exists()
+    assert (tmp_path / "out" / "src" / "f000").read_bytes() == b"file 0\n"
+    assert not (tmp_path / "out" / "src" / "f399").exists()
 
 
 def test_backup_refuses_a_terminal_as_its_path_list(savedir):
