@@ -313,7 +313,8 @@ def test_expire_removes_nothing_while_a_remaining_backup_is_damaged(tmp_path, sa
 def test_leftovers_of_dead_writers_are_cleaned_up(tmp_path, savedir):
     src = tmp_path / "src"
     src.mkdir()
-    (src / "f.bin").write_bytes(os.urandom(MIB))
+    # Under the chunker's minimum size: one chunk, whatever the random bytes.
+    (src / "f.bin").write_bytes(os.urandom(MIB // 4))
     backup_id = helpers.backup(savedir, "src", cwd=str(tmp_path))
     (victim,) = chunk_paths(savedir, backup_id, b"src/f.bin")
     directory, name = os.path.split(victim)
