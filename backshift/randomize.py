@@ -5,6 +5,7 @@ when big and small files are clustered (the seed's statistics notes).
 """
 
 import argparse
+import os
 import random
 import sys
 from typing import BinaryIO, List, Optional, Sequence
@@ -40,4 +41,11 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None,
 
 
 def entry_point() -> None:
-    sys.exit(main())
+    try:
+        status = main()
+    except BrokenPipeError:
+        # The reader had enough (randomize -0 | head): end quietly, as Unix filters do,
+        # with stdout on /dev/null so that the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 0
+    sys.exit(status)

@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -233,6 +234,20 @@ def test_stdout_closed_early(tmp_path, savedir):
     for action in ("--list-backup", "--list-backup-simply"):
         result = _pipe_into(base + [action], "head -n 1")
         assert result.stderr == b"" and result.stdout.strip() == b"0", result
+
+
+def test_randomize_shuffles_and_ends_quietly_on_a_closed_pipe():
+    paths = b"".join(b"dir/file %d\n\0" % n for n in range(100000))
+    result = subprocess.run(helpers.RANDOMIZE + ["-0"], input=paths, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, timeout=120)
+    assert result.returncode == 0 and result.stderr == b""
+    assert result.stdout != paths and sorted(result.stdout.split(b"\0")) == \
+        sorted(paths.split(b"\0"))
+    command = " ".join(shlex.quote(part) for part in helpers.RANDOMIZE + ["-0"])
+    result = subprocess.run(["bash", "-c", command + " | true; echo ${PIPESTATUS[0]}"],
+                            input=paths, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            timeout=120)
+    assert result.stderr == b"" and result.stdout.strip() == b"0", result.stderr
 
 
 def test_cron_runs_are_silent(tmp_path, savedir):
