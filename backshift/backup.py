@@ -184,6 +184,8 @@ class Backup:
         self.stack: List[OpenDir] = []
         self.hardlinks: Dict[Tuple[int, int], Tuple[bytes, Entry]] = {}
         self.last_checkpoint = time.monotonic()
+        # The entry whose extended attributes came from an earlier backup.
+        self._xattrs_reused: Optional[Entry] = None
 
     # -- earlier backups -------------------------------------------------
 
@@ -344,7 +346,8 @@ class Backup:
             return
         if entry is None:
             return
-        self._add_xattrs(path, entry)
+        if entry is not self._xattrs_reused:
+            self._add_xattrs(path, entry)
         self.stack[-1].writer.add(entry)
         self.record.files += 1
         if entry.kind in (KIND_FILE, KIND_HARDLINK):
@@ -440,6 +443,11 @@ class Backup:
             entry.flags |= candidate.flags & (FLAG_INLINE | FLAG_SPARSE)
             entry.inline, entry.chunks = candidate.inline, list(candidate.chunks)
             _copy_sparse_map(candidate, entry)
+            # Setting an extended attribute changes the ctime, so equal
+            # ctimes mean equal attributes: take them, skip listxattr.
+            entry.extras.update((key, value) for key, value in candidate.extras.items()
+                                if key.startswith(XATTR_PREFIX))
+            self._xattrs_reused = entry
             entry.size = candidate.size
             self.record.files_reused += 1
             self.record.bytes_reused += entry.size

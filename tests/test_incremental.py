@@ -118,3 +118,28 @@ def test_replaced_file_with_new_inode_is_read_again(savedir, tmp_path):
     last_id = backup(savedir, "src", cwd=str(tmp_path))
     assert read_record(savedir, last_id)["bytes_read"] == st.st_size
     restore_and_compare(savedir, last_id, top, tmp_path)
+
+
+def _stored_entry(savedir: str, backup_id: str, path: bytes):
+    from backshift.objectstore import ObjectStore
+    from backshift.tree import TreeReader
+    record = read_record(savedir, backup_id)
+    root = [(bytes.fromhex(digest), length) for digest, length in record["root"]]
+    entry, = TreeReader(ObjectStore(savedir, "test")).lookup(root, path)
+    return entry
+
+
+def test_reused_file_keeps_its_extended_attributes(savedir, tmp_path):
+    top = str(tmp_path / "src")
+    make_tree(top)
+    target = os.path.join(top, "d0", "f01")
+    os.setxattr(target, "user.colour", b"blue")
+    time.sleep(SETTLE_SECONDS)
+    backup(savedir, "src", cwd=str(tmp_path))
+    second_id = backup(savedir, "src", cwd=str(tmp_path))
+    assert read_record(savedir, second_id)["bytes_read"] == 0
+    assert _stored_entry(savedir, second_id, b"src/d0/f01").extras[b"xattr.user.colour"] == b"blue"
+    os.setxattr(target, "user.colour", b"red")  # changes the ctime: read again
+    third_id = backup(savedir, "src", cwd=str(tmp_path))
+    assert read_record(savedir, third_id)["bytes_read"] == os.path.getsize(target)
+    assert _stored_entry(savedir, third_id, b"src/d0/f01").extras[b"xattr.user.colour"] == b"red"
