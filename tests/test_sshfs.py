@@ -55,15 +55,17 @@ class Sshfs:
                 "UsePAM no", "StrictModes no", "PidFile " + os.path.join(work, "sshd.pid"),
                 "Subsystem sftp internal-sftp", ""]))
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
-        self.sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", config],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.log = os.path.join(work, "sshd.log")  # a file: a full pipe would stall sshd
+        with open(self.log, "wb") as log:
+            self.sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", config],
+                                         stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return
             except OSError:
-                assert self.sshd.poll() is None, self.sshd.stderr.read().decode(errors="replace")
+                assert self.sshd.poll() is None, open(self.log, "rb").read().decode(errors="replace")
                 time.sleep(0.1)
         raise AssertionError("sshd did not start")
 
@@ -88,7 +90,6 @@ class Sshfs:
             self.unmount(mountpoint)
         self.sshd.kill()
         self.sshd.wait()
-        self.sshd.stderr.close()
 
 
 @pytest.fixture
