@@ -72,20 +72,24 @@ def test_progress_by_default_on_a_terminal_only(savedir, tmp_path):
 
 def test_no_stats_streams_paths_as_they_arrive(savedir, tmp_path):
     # With --no-stats a path is backed up (and checkpointed) while find is
-    # still running: the path list is never held whole.
-    make_tree(str(tmp_path / "src"), files=5)
+    # still running: the path list is never held whole.  (A bounded
+    # read-ahead of a few hundred paths is allowed; the input here is
+    # longer than that and stays open.)
+    make_tree(str(tmp_path / "src"), files=600)
     proc = subprocess.Popen(BACKSHIFT + ["--save-directory", savedir, "--backup", "--subset",
                                          "stream", "--no-stats", "--no-fsync",
                                          "--checkpoint-interval", "0.05"],
                             cwd=str(tmp_path), stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        # A slow find: each path comes a while after the last, and a
-        # checkpoint follows each path handled.
-        for path in (b"src", b"src/f000", b"src/f003", b"src/sub"):
+        # A find that is not done: many paths, a pause, one more, input open.
+        top_files = [b"src/f%03d" % n for n in range(0, 600, 3)]
+        for path in [b"src"] + top_files + [b"src/sub"]:
             proc.stdin.write(path + b"\0")
             proc.stdin.flush()
-            time.sleep(0.3)
+        time.sleep(0.3)
+        proc.stdin.write(b"src/sub/f001\0")  # a path after a pause: a checkpoint follows
+        proc.stdin.flush()
         deadline = time.monotonic() + 10
         files = 0
         while time.monotonic() < deadline and files < 2:
