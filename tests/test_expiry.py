@@ -6,7 +6,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -167,31 +166,34 @@ def test_max_age_keep_last_host_and_subset(tmp_path, savedir):
     assert helpers.list_ids(savedir) == []
 
 
-def slow_backup(savedir, tmp_path, paths: bytes, subset="test"):
-    """A backup process of ``paths``, started and left running."""
-    listing = tmp_path / "paths"
-    listing.write_bytes(paths)
-    with open(str(listing), "rb") as stdin:
-        return subprocess.Popen(helpers.BACKSHIFT + ["--save-directory", savedir, "--backup",
-                                                     "--subset", subset, "--no-fsync"],
-                                stdin=stdin, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, cwd=str(tmp_path))
+class FedBackup:
+    """A backup process fed its paths through a pipe, a few at a time.
+
+    Between feeds it waits for input (as behind a slow find): running,
+    unfinished, its record written, touching nothing more.
+    """
+
+    def __init__(self, savedir, cwd, subset="test", extra=()):
+        self.proc = subprocess.Popen(helpers.BACKSHIFT + [
+            "--save-directory", savedir, "--backup", "--subset", subset, "--no-fsync"]
+            + list(extra), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, cwd=str(cwd))
+
+    def feed(self, paths: bytes) -> None:
+        self.proc.stdin.write(paths)
+        self.proc.stdin.flush()
+
+    def finish(self, paths: bytes = b""):
+        """Send the last paths and end of input; (exit status, stderr)."""
+        _out, err = self.proc.communicate(paths, timeout=300)
+        return self.proc.returncode, err
 
 
-def write_slow_file(path) -> None:
-    # xz compresses text at some MB/s: this keeps a backup busy for seconds.
-    rng = random.Random(7)
-    words = [b"%x" % rng.getrandbits(32) for _ in range(5000)]
-    with open(path, "wb") as handle:
-        for _ in range(60):
-            handle.write(b" ".join(rng.choice(words) for _ in range(30000)) + b"\n")
-
-
-def wait_until(predicate, timeout=60.0):
+def wait_until(predicate, timeout=120.0):
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
+        time.sleep(0.01)
 
 
 def test_objects_a_running_backup_found_present_survive_expiry(tmp_path, savedir):
@@ -207,27 +209,25 @@ def test_objects_a_running_backup_found_present_survive_expiry(tmp_path, savedir
     age_files(os.path.join(savedir, "objects"), HOURS_AGO_2)
     old_mtime = os.stat(shared[0]).st_mtime
     (src / "gone.bin").unlink()
-    write_slow_file(src / "slow.txt")
+    (src / "new.bin").write_bytes(os.urandom(MIB))
     expected = helpers.snapshot(str(src))
 
-    proc = slow_backup(savedir, tmp_path, b"src\0src/shared.bin\0src/slow.txt\0")
-    # The second backup reuses shared.bin (metadata unchanged) and touches
-    # its objects; stop it while it compresses slow.txt.
+    # The second backup reuses shared.bin (metadata unchanged), touching its
+    # objects, then waits for more paths: running, no record names them.
+    second_backup = FedBackup(savedir, tmp_path)
+    second_backup.feed(b"src\0src/shared.bin\0")
     wait_until(lambda: all(os.stat(path).st_mtime > old_mtime for path in shared))
-    proc.send_signal(signal.SIGSTOP)
-    try:
-        second = [i for i in helpers.list_ids(savedir) if i != first][0]
-        record = open(os.path.join(savedir, "backups", second)).read()
-        assert '"state": "unfinished"' in record and '"root": null' in record
-        report = expire(savedir, "--max-age", "0s", "--expire-grace", "0s")
-        assert helpers.list_ids(savedir) == [second]
-        assert removed_counts(report)[1] >= 1
-        assert not any(os.path.exists(path) for path in gone)  # real garbage went
-        assert all(os.path.exists(path) for path in shared)    # what B relies on stayed
-    finally:
-        proc.send_signal(signal.SIGCONT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    second = [i for i in helpers.list_ids(savedir) if i != first][0]
+    record = open(os.path.join(savedir, "backups", second)).read()
+    assert '"state": "unfinished"' in record and '"root": null' in record
+    report = expire(savedir, "--max-age", "0s", "--expire-grace", "0s")
+    assert helpers.list_ids(savedir) == [second]
+    assert removed_counts(report)[1] >= 1
+    assert not any(os.path.exists(path) for path in gone)  # real garbage went
+    assert all(os.path.exists(path) for path in shared)    # what it relies on stayed
+
+    status, err = second_backup.finish(b"src/new.bin\0")
+    assert status == 0, err
     restore_and_compare(savedir, second, expected, "src", tmp_path)
     helpers.run_ok(["--save-directory", savedir, "--verify"])
 
@@ -236,14 +236,14 @@ def test_unfinished_backups_live_are_kept_stale_are_removed(tmp_path, savedir):
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.bin").write_bytes(os.urandom(2 * MIB))
-    write_slow_file(src / "slow.txt")
-    proc = slow_backup(savedir, tmp_path, b"src\0src/a.bin\0src/slow.txt\0")
-    wait_until(lambda: len(object_files(savedir)) >= 2)
-    proc.kill()  # as a crash would
-    proc.communicate()
+    crashing = FedBackup(savedir, tmp_path)
+    crashing.feed(b"src\0src/a.bin\0")
+    wait_until(lambda: len(object_files(savedir)) >= 1)
+    crashing.proc.kill()  # as a crash would
+    crashing.finish()
     (crashed,) = helpers.list_ids(savedir)
-    objects_left = object_files(savedir)
-    assert objects_left
+    assert '"state": "unfinished"' in open(os.path.join(savedir, "backups", crashed)).read()
+    assert object_files(savedir)
 
     # Its record was just written: for all expire knows it is still running.
     report = expire(savedir, "--max-age", "0s", "--expire-grace", "0s")
@@ -268,26 +268,17 @@ def test_a_backup_expired_as_dead_that_wakes_up_stops(tmp_path, savedir):
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.bin").write_bytes(os.urandom(MIB))
-    write_slow_file(src / "slow.txt")
-    listing = tmp_path / "paths"
-    listing.write_bytes(b"src\0src/a.bin\0src/slow.txt\0")
-    with open(str(listing), "rb") as stdin:
-        proc = subprocess.Popen(helpers.BACKSHIFT + [
-            "--save-directory", savedir, "--backup", "--subset", "t", "--no-fsync",
-            "--checkpoint-interval", "0.05"], stdin=stdin, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, cwd=str(tmp_path))
+    (src / "b.bin").write_bytes(os.urandom(MIB))
+    stalled_backup = FedBackup(savedir, tmp_path, extra=["--checkpoint-interval", "0.05"])
+    stalled_backup.feed(b"src\0src/a.bin\0")
     wait_until(lambda: len(object_files(savedir)) >= 1)
-    proc.send_signal(signal.SIGSTOP)
-    try:
-        (stalled,) = helpers.list_ids(savedir)
-        record = os.path.join(savedir, "backups", stalled)
-        os.utime(record, (time.time() - HOURS_AGO_2,) * 2)
-        report = expire(savedir, "--max-age", "0s")
-        assert stalled in report and helpers.list_ids(savedir) == []
-    finally:
-        proc.send_signal(signal.SIGCONT)
-    _out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2
+    (stalled,) = helpers.list_ids(savedir)
+    record = os.path.join(savedir, "backups", stalled)
+    os.utime(record, (time.time() - HOURS_AGO_2,) * 2)
+    report = expire(savedir, "--max-age", "0s")
+    assert stalled in report and helpers.list_ids(savedir) == []
+    status, err = stalled_backup.finish(b"src/b.bin\0")
+    assert status == 2
     assert b"record was removed while it ran" in err and b"Traceback" not in err
     assert helpers.list_ids(savedir) == []
 
