@@ -182,7 +182,10 @@ class Backup:
         self.record.checkpoint_interval = options.checkpoint_interval
         self.previous_records = self._choose_previous()
         self.stack: List[OpenDir] = []
-        self.hardlinks: Dict[Tuple[int, int], Tuple[bytes, Entry]] = {}
+        # First link saved of each multiply linked file, with how many of
+        # its links are still to come: forgotten once all were met, so the
+        # map holds only files whose links are still ahead.
+        self.hardlinks: Dict[Tuple[int, int], Tuple[bytes, Entry, int]] = {}
         self.last_checkpoint = time.monotonic()
         # The entry whose extended attributes came from an earlier backup.
         self._xattrs_reused: Optional[Entry] = None
@@ -392,7 +395,9 @@ class Backup:
         entry = self._metadata(name, KIND_FILE, st)
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1 and key in self.hardlinks:
-            first_path, first = self.hardlinks[key]
+            first_path, first, to_come = self.hardlinks.pop(key)
+            if to_come > 1:
+                self.hardlinks[key] = (first_path, first, to_come - 1)
             entry.kind = KIND_HARDLINK
             entry.target = first_path
             entry.size = first.size
@@ -404,7 +409,7 @@ class Backup:
         if not self._reuse_previous(entry, st):
             self._read_content(path, entry, st)
         if st.st_nlink > 1:
-            self.hardlinks[key] = (b"/".join(split_path(path)), entry)
+            self.hardlinks[key] = (b"/".join(split_path(path)), entry, st.st_nlink - 1)
         return entry
 
     def _candidates(self, name: bytes, st: os.stat_result, partial: bool) -> Iterator[Entry]:

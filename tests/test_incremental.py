@@ -143,3 +143,19 @@ def test_reused_file_keeps_its_extended_attributes(savedir, tmp_path):
     third_id = backup(savedir, "src", cwd=str(tmp_path))
     assert read_record(savedir, third_id)["bytes_read"] == os.path.getsize(target)
     assert _stored_entry(savedir, third_id, b"src/d0/f01").extras[b"xattr.user.colour"] == b"red"
+
+
+def test_hard_link_groups_first_and_incremental(savedir, tmp_path):
+    # Groups of two and three links, met in find order and all in the
+    # input; a re-backup reuses the first link and links the others.
+    top = str(tmp_path / "src")
+    make_tree(top)
+    os.link(os.path.join(top, "d0", "f00"), os.path.join(top, "d1", "link-a"))
+    os.link(os.path.join(top, "d0", "f00"), os.path.join(top, "d2", "link-b"))
+    os.link(os.path.join(top, "d1", "f01"), os.path.join(top, "d2", "link-c"))
+    time.sleep(SETTLE_SECONDS)
+    first_id = backup(savedir, "src", cwd=str(tmp_path))
+    restore_and_compare(savedir, first_id, top, tmp_path)
+    second_id = backup(savedir, "src", cwd=str(tmp_path))
+    assert read_record(savedir, second_id)["bytes_read"] == 0
+    restore_and_compare(savedir, second_id, top, tmp_path)
