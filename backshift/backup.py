@@ -28,7 +28,7 @@ from .catalog import BackupRecord, make_backup_id, utc_now
 from .chunking import DATA_PARAMS, METADATA_PARAMS, Chunker
 from .compression import CompressionSpec, Compressor
 from .objectstore import ObjectStore, digest_of
-from .pipeline import StorePipeline
+from .pipeline import ReadAhead, RecordCache, StorePipeline
 from .records import (FLAG_IMPLICIT, FLAG_INLINE, FLAG_PARTIAL, KIND_BLOCK, KIND_CHAR,
                       KIND_DIR, KIND_FIFO, KIND_FILE, KIND_HARDLINK, KIND_SYMLINK, ChunkRef,
                       Entry)
@@ -115,9 +115,11 @@ Earlier = Tuple[Entry, int]
 class PreviousDir:
     """What earlier backups stored in one directory, by name, for reuse."""
 
-    def __init__(self, reader: TreeReader, fragments: List[Earlier]) -> None:
+    def __init__(self, reader: TreeReader, fragments: List[Earlier],
+                 prefetch: Callable[[List[ChunkRef]], None] = lambda chunks: None) -> None:
         self._reader = reader
         self._fragments = fragments
+        self._prefetch = prefetch
         self._index: Optional[Dict[bytes, List[Earlier]]] = None
 
     def get(self, name: bytes) -> List[Earlier]:
@@ -139,6 +141,8 @@ class PreviousDir:
             except Exception:  # a damaged earlier backup only costs us re-reading
                 continue
             for entry in entries:
+                if entry.kind == KIND_DIR:
+                    self._prefetch(entry.chunks)  # needed soon, in find order
                 if entry.flags & FLAG_INLINE:
                     inline_bytes += len(entry.inline or b"")
                     if inline_bytes > PREVIOUS_INLINE_BUDGET:
@@ -174,7 +178,9 @@ class Backup:
         self.data_chunker = Chunker(DATA_PARAMS)
         self.meta_chunker = Chunker(METADATA_PARAMS)
         self.source = SourceTree()
-        self.reader = TreeReader(self.objects)
+        # Earlier backups' records, read ahead of the walk (pipeline.py).
+        self.records = RecordCache(self.objects)
+        self.reader = TreeReader(self.records)  # type: ignore[arg-type]
         started = utc_now()
         self.record = BackupRecord(make_backup_id(started, options.hostname, options.subset),
                                    options.hostname, options.subset, started)
@@ -218,14 +224,14 @@ class Backup:
                                  for entry in self.reader.root_entries(record.root or []))
             except Exception:  # a damaged earlier backup only costs us re-reading
                 continue
-        return PreviousDir(self.reader, fragments) if fragments else None
+        return PreviousDir(self.reader, fragments, self.records.prefetch) if fragments else None
 
     def _previous_child(self, parent: OpenDir, name: bytes) -> Optional[PreviousDir]:
         if parent.previous is None:
             return None
         fragments = [(entry, started) for entry, started in parent.previous.get(name)
                      if entry.kind == KIND_DIR]
-        return PreviousDir(self.reader, fragments) if fragments else None
+        return PreviousDir(self.reader, fragments, self.records.prefetch) if fragments else None
 
     # -- the directory stack ----------------------------------------------
 
@@ -264,7 +270,8 @@ class Backup:
         self.stack = [OpenDir(b"", self._new_writer(), self._previous_root())]
         self.savedir.catalog.write(self.record)
         try:
-            for path in paths:
+            # The kernel fetches upcoming files while this one is handled.
+            for path in ReadAhead().paths(paths):
                 self._save_path(path)
                 self._maybe_checkpoint()
             while len(self.stack) > 1:
@@ -281,6 +288,7 @@ class Backup:
             self.savedir.catalog.write(self.record)
         finally:
             self.store.close()
+            self.records.close()
             self.source.close()
             self.reporter.finish()
         return self.record

@@ -6,6 +6,26 @@ xz restores either way).  Before paying for the strong compressor, a cheap
 zlib level 1 trial on samples of the chunk decides whether the data
 compresses at all; incompressible chunks (photos, video, archives) are
 stored raw.  The decision depends on content only, never on a file name.
+
+Why xz level 1 by default (measured single-threaded, CPU seconds, on the
+7,856 chunks of a backup of a copy of /usr/share, 543 MB of which 497 MB
+pass the trial; and on 108 MB of shared libraries from /usr/lib cut by the
+data chunker):
+
+    codec     /usr/share chunks         libraries
+    xz -0     23.5 s  176.2 MB          4.7 s  28.3 MB
+    xz -1     25.8 s  169.6 MB          8.0 s  27.0 MB
+    xz -2     32.2 s  167.4 MB         10.1 s  26.7 MB
+    xz -3     36.6 s  166.5 MB
+    zlib -6   15.5 s  184.3 MB          3.7 s  34.1 MB
+
+Whole backups of that /usr/share copy (allocated bytes, du -s): xz -1
+234.8 MB, xz -0 241.8 MB, xz -2 232.7 MB, zlib 249.9 MB; restic 0.14
+(zstd) 247.5 MB.  Level 1 is where xz stops paying: -0 is 4% larger, -2
+buys 1.3% for 25% more time.  xz -1 is what keeps the repository smaller
+than restic's; zlib (--compression zlib) is the choice when time matters
+more than space.  Each chunk's dictionary is sized to the chunk (see
+XZ_PRESET_DICT): same output, 17% less time on small chunks.
 """
 
 import bz2

@@ -27,13 +27,15 @@ values: extended attribute values are arbitrary bytes, their names need
 GNU tar's ``%``-escaping, and sparse members need GNU's own keywords.
 """
 
+import collections
 import os
 import stat
 import struct
 import tarfile
-from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import BinaryIO, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .objectstore import ObjectError, ObjectStore
+from .pipeline import Prefetcher, ReadAheadTreeReader
 from .records import (FLAG_INLINE, FLAG_PARTIAL, FLAG_SPARSE, KIND_BLOCK, KIND_CHAR, KIND_DIR,
                       KIND_FIFO,
                       KIND_FILE, KIND_HARDLINK, KIND_SYMLINK, SPARSE_KEY, XATTR_PREFIX,
@@ -43,6 +45,8 @@ from .tree import TreeReader
 FORMATS = {"gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT, "ustar": tarfile.USTAR_FORMAT}
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
+# Entries held back while their chunks are fetched ahead (pipeline.Prefetcher).
+LOOKAHEAD_ENTRIES = 256
 _TYPES = {KIND_FILE: tarfile.REGTYPE, KIND_DIR: tarfile.DIRTYPE, KIND_SYMLINK: tarfile.SYMTYPE,
           KIND_HARDLINK: tarfile.LNKTYPE, KIND_FIFO: tarfile.FIFOTYPE,
           KIND_CHAR: tarfile.CHRTYPE, KIND_BLOCK: tarfile.BLKTYPE}
@@ -167,6 +171,8 @@ class TarWriter:
                  on_skip: Optional[Callable[[bytes, str], None]] = None) -> None:
         self.out = out
         self.objects = objects
+        # Where chunk contents come from; produce_tar puts a Prefetcher here.
+        self.fetch: Callable[[bytes], bytes] = objects.get
         self.format = FORMATS[tar_format]
         self.format_name = tar_format
         self.on_damage = on_damage or (lambda path, reason: None)
@@ -398,7 +404,7 @@ class TarWriter:
                 if remaining <= 0:
                     break
                 try:
-                    data = self.objects.get(digest)
+                    data = self.fetch(digest)
                 except ObjectError as exc:
                     self._damage(path, exc.reason + " (object %s)" % digest.hex())
                     data = bytes(length)
@@ -471,13 +477,31 @@ def _xattr_records(extras: Dict[bytes, bytes]) -> List[Tuple[bytes, bytes]]:
 def produce_tar(reader: TreeReader, root: Sequence[ChunkRef], start: bytes, writer: TarWriter,
                 recursive: bool = True) -> None:
     """Write every entry of a backup at or below ``start`` (in stored order)."""
-    # A damaged directory record costs only what is below it: reported like
-    # a damaged file (exit 1), and the stream goes on well formed.
-    for path, entry in reader.walk(root, start, recursive=recursive,
-                                   on_damage=writer._damage):
-        if entry.flags & FLAG_PARTIAL:
-            continue  # a checkpoint's prefix of a file still being read: not a file
-        writer.add(path, entry)
+    # Chunks of the entries ahead are read and decompressed by worker
+    # threads while the current one is written (pipeline.Prefetcher); the
+    # entries waiting for their turn are held in ``ahead``.
+    fetcher = Prefetcher(writer.objects)
+    writer.fetch = fetcher.get
+    ahead: Deque[Tuple[bytes, Entry]] = collections.deque()
+    records = ReadAheadTreeReader(reader.objects)  # directory records, read ahead too
+    try:
+        # A damaged directory record costs only what is below it: reported like
+        # a damaged file (exit 1), and the stream goes on well formed.
+        for path, entry in records.walk(root, start, recursive=recursive,
+                                        on_damage=writer._damage):
+            if entry.flags & FLAG_PARTIAL:
+                continue  # a checkpoint's prefix of a file still being read: not a file
+            if entry.kind == KIND_FILE and not entry.flags & FLAG_INLINE:
+                fetcher.want(entry.chunks)
+            ahead.append((path, entry))
+            while ahead and (not fetcher.has_room or len(ahead) > LOOKAHEAD_ENTRIES):
+                writer.add(*ahead.popleft())
+        while ahead:
+            writer.add(*ahead.popleft())
+    finally:
+        fetcher.close()
+        records.close()
+        writer.fetch = writer.objects.get
     writer.close()
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from backshift.compression import CompressionSpec, Compressor
 from backshift.objectstore import ObjectError, ObjectStore, digest_of
-from backshift.pipeline import Prefetcher, StorePipeline
+from backshift.pipeline import Prefetcher, ReadAhead, RecordCache, StorePipeline
 
 
 def _store(tmp_path) -> ObjectStore:
@@ -114,3 +114,64 @@ def test_prefetcher_returns_in_order_bounded_and_skips(tmp_path):
             fetcher.get(missing)
     finally:
         fetcher.close()
+
+
+def test_record_cache_reads_ahead_within_budget(tmp_path):
+    objects = _store(tmp_path)
+    compressor = Compressor(CompressionSpec.parse("xz"))
+    chunks = _chunks(12, 30_000, seed=4)
+    refs = [(objects.put(chunk, compressor), len(chunk)) for chunk in chunks]
+    cache = RecordCache(objects, workers=2, max_bytes=100_000)
+    try:
+        cache.prefetch(refs)  # only the newest three fit; older ones are dropped
+        # Any order; dropped and never announced objects are read directly.
+        for index in (11, 0, 10, 5, 9):
+            assert cache.get(refs[index][0]) == chunks[index]
+        assert cache.hits == 3
+        cache.prefetch([(b"\x02" * 32, 10)])
+        with pytest.raises(ObjectError):
+            cache.get(b"\x02" * 32)
+    finally:
+        cache.close()
+
+
+def test_read_ahead_passes_paths_through_and_skips_what_is_not_a_file(tmp_path):
+    top = tmp_path / "tree"
+    top.mkdir()
+    names = []
+    for index in range(300):
+        path = top / ("f%03d" % index)
+        path.write_bytes(b"x" * (index % 7))  # some empty: nothing to read ahead
+        names.append(os.fsencode(str(path)))
+    fifo = top / "fifo"
+    os.mkfifo(str(fifo))  # opening it for reading would block: never opened
+    (top / "link").symlink_to(str(top / "f001"))
+    extra = [os.fsencode(str(fifo)), os.fsencode(str(top / "link")),
+             os.fsencode(str(top / "missing")), os.fsencode(str(top))]
+    reader = ReadAhead(depth=16)
+    paths = names[:150] + extra + names[150:]
+    assert list(reader.paths(iter(paths))) == paths
+    for thread in reader._threads:
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+    # Only non-empty regular files are advised, and never more than exist.
+    assert reader.advised <= sum(1 for index in range(300) if index % 7)
+
+
+def test_read_ahead_does_not_delay_paths_and_passes_input_errors():
+    def slow():
+        yield b"first"
+        time.sleep(5)
+        yield b"second"
+    reader = ReadAhead(depth=16)
+    paths = reader.paths(slow())
+    started = time.monotonic()
+    assert next(paths) == b"first"
+    assert time.monotonic() - started < 3  # not held back for the lookahead
+    assert list(paths) == [b"second"]
+
+    def broken():
+        yield b"one"
+        raise OSError("input went away")
+    with pytest.raises(OSError, match="input went away"):
+        list(ReadAhead().paths(broken()))
