@@ -249,10 +249,14 @@ class Expiry:
         reader = TreeReader(self.objects)
         for beat in beats:
             record: Optional[BackupRecord] = beat.record
+            walked = seen
             while record is not None and record.root is not None:
-                damage = self._mark_tree(reader, record.root, referenced, seen)
+                damage = self._mark_tree(reader, record.root, referenced, walked)
                 if damage is None:
                     break
+                # On a second look, walk it all: a directory skipped as already
+                # walked could hold the same damage.
+                walked = set()
                 # Replaced (a checkpoint) or removed while we read it?  Then
                 # read what is there now; otherwise the backup is damaged.
                 current = self._reread(record)
