@@ -12,7 +12,9 @@
         first backup time vs an unchanged re-backup (ratio).
 
 --source defaults to /usr/share (only read).  Times are wall seconds of the
-real bin/backshift process; RSS is its ru_maxrss.
+real bin/backshift process, and its CPU seconds (user + system, all
+threads), which a machine busy with other work disturbs less; RSS is its
+ru_maxrss.
 """
 
 import argparse
@@ -28,6 +30,7 @@ from typing import List, Optional, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKSHIFT = [sys.executable, os.path.join(REPO, "bin", "backshift")]
+LAST_CPU = [0.0]  # CPU seconds of the last backup process
 
 
 def find_list(source: str, work: str) -> str:
@@ -45,7 +48,10 @@ def init(savedir: str) -> None:
 
 def backup(savedir: str, paths: str, extra: List[str] = (),
            kill_after: Optional[float] = None) -> Tuple[float, int, int]:
-    """(wall seconds, peak RSS KiB, exit status) of one backup process."""
+    """(wall seconds, peak RSS KiB, exit status) of one backup process.
+
+    Its CPU seconds are left in LAST_CPU[0].
+    """
     with open(paths, "rb") as stdin:
         started = time.monotonic()
         proc = subprocess.Popen(BACKSHIFT + ["--save-directory", savedir, "--backup",
@@ -56,6 +62,7 @@ def backup(savedir: str, paths: str, extra: List[str] = (),
             time.sleep(kill_after)
             proc.send_signal(signal.SIGKILL)
         _pid, status, usage = os.wait4(proc.pid, 0)
+        LAST_CPU[0] = usage.ru_utime + usage.ru_stime
         proc.returncode = status
         elapsed = time.monotonic() - started
     return elapsed, usage.ru_maxrss, os.waitstatus_to_exitcode(status)
@@ -102,7 +109,8 @@ def bench_resume(args: argparse.Namespace) -> None:
     savedir = os.path.join(args.work, "savedir-resume")
     init(savedir)
     full, _rss, code = backup(savedir, paths, args.extra)
-    print("resume: full backup %.1f s (exit %d)" % (full, code))
+    full_cpu = LAST_CPU[0]
+    print("resume: full backup %.1f s, %.1f CPU s (exit %d)" % (full, full_cpu, code))
     init(savedir)
     interval = max(1.0, full / 20)  # the default 60 s, scaled to this backup's length
     killed, _rss, _code = backup(savedir, paths,
@@ -114,9 +122,10 @@ def bench_resume(args: argparse.Namespace) -> None:
                                           record["files"], record["bytes"]))
     again, _rss, code = backup(savedir, paths, args.extra)
     record = newest_record(savedir)
-    print("resume: re-run %.1f s (exit %d, %s, %d files reused, %d bytes read): "
-          "%.2fx the full backup" % (again, code, record["state"], record["files_reused"],
-                                    record["bytes_read"], again / full))
+    print("resume: re-run %.1f s, %.1f CPU s (exit %d, %s, %d files reused, %d bytes read): "
+          "%.2fx the full backup (%.2fx by CPU)"
+          % (again, LAST_CPU[0], code, record["state"], record["files_reused"],
+             record["bytes_read"], again / full, LAST_CPU[0] / full_cpu))
     shutil.rmtree(savedir, ignore_errors=True)
 
 
@@ -125,15 +134,17 @@ def bench_unchanged(args: argparse.Namespace) -> None:
     savedir = os.path.join(args.work, "savedir-unchanged")
     init(savedir)
     first, rss, code = backup(savedir, paths, args.extra)
-    print("unchanged: first backup %.1f s, peak RSS %.1f MB (exit %d)"
-          % (first, rss / 1024, code))
+    first_cpu = LAST_CPU[0]
+    print("unchanged: first backup %.1f s, %.1f CPU s, peak RSS %.1f MB (exit %d)"
+          % (first, first_cpu, rss / 1024, code))
     time.sleep(2.5)  # let the timestamp guard pass for files changed just before
     again, rss, code = backup(savedir, paths, args.extra)
     record = newest_record(savedir)
-    print("unchanged: re-backup %.1f s, peak RSS %.1f MB (exit %d, %d of %d entries reused, "
-          "%d bytes read, %d bytes reused): %.3fx the first"
-          % (again, rss / 1024, code, record["files_reused"], record["files"],
-             record["bytes_read"], record["bytes_reused"], again / first))
+    print("unchanged: re-backup %.1f s, %.1f CPU s, peak RSS %.1f MB (exit %d, %d of %d entries "
+          "reused, %d bytes read, %d bytes reused): %.3fx the first (%.3fx by CPU)"
+          % (again, LAST_CPU[0], rss / 1024, code, record["files_reused"], record["files"],
+             record["bytes_read"], record["bytes_reused"], again / first,
+             LAST_CPU[0] / first_cpu))
     shutil.rmtree(savedir, ignore_errors=True)
 
 
