@@ -210,6 +210,10 @@ def _require(args: argparse.Namespace, *names: str) -> None:
 def _run(args: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, stderr) -> int:
     action = _chosen_action(args)
     _require(args, "save_directory")
+    if action == "produce_tar" and stdout.isatty():
+        # As gzip does: binary data on a terminal is garbage and can upset it.
+        raise UsageError("--produce-tar writes a tar stream, not for a terminal; "
+                         "pipe it into tar xvfp - (or tar tvf -)")
     savedir_path = args.save_directory
     hostname = args.hostname or default_hostname()
     if args.init_savedir:

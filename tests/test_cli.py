@@ -319,6 +319,20 @@ def test_backup_refuses_a_terminal_as_its_path_list(savedir):
     assert helpers.list_ids(savedir) == []
 
 
+def test_produce_tar_refuses_a_terminal_as_its_output(tmp_path, savedir):
+    small_tree(tmp_path / "src")
+    backup_id = helpers.backup(savedir, "src", cwd=str(tmp_path))
+    controller, terminal = pty.openpty()
+    try:
+        result = subprocess.run(helpers.BACKSHIFT + ["--save-directory", savedir,
+                                                     "--produce-tar", "--backup-id", backup_id],
+                                stdout=terminal, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert_one_line_error(result, "terminal", "tar xvfp -")
+
+
 def test_interrupt_is_one_line(tmp_path, savedir):
     proc = subprocess.Popen(helpers.BACKSHIFT + [
         "--save-directory", savedir, "--backup", "--subset", "int", "--no-fsync"],
