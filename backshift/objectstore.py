@@ -225,8 +225,9 @@ class ObjectStore:
             raise ObjectError(digest, "content does not match its digest")
         return data
 
-    def iter_digests(self, on_prefix: Optional[Callable[[int], None]] = None) -> Iterator[bytes]:
-        """Every object present (temporary files skipped)."""
+    def _listing(self, on_prefix: Optional[Callable[[int], None]] = None
+                 ) -> Iterator[Tuple[str, str]]:
+        """(directory, name) of every file in the object directories."""
         for prefix in range(256):
             if on_prefix is not None:
                 on_prefix(prefix)
@@ -236,20 +237,19 @@ class ObjectStore:
             except FileNotFoundError:
                 continue
             for name in names:
-                if len(name) == 2 * DIGEST_SIZE and not name.startswith("."):
-                    try:
-                        yield bytes.fromhex(name)
-                    except ValueError:
-                        continue
+                yield directory, name
+
+    def iter_digests(self, on_prefix: Optional[Callable[[int], None]] = None) -> Iterator[bytes]:
+        """Every object present (temporary files skipped)."""
+        for _directory, name in self._listing(on_prefix):
+            if len(name) == 2 * DIGEST_SIZE and not name.startswith("."):
+                try:
+                    yield bytes.fromhex(name)
+                except ValueError:
+                    continue
 
     def temp_files(self) -> Iterator[str]:
         """Paths of temporary files left in object directories."""
-        for prefix in range(256):
-            directory = os.path.join(self.root, "%02x" % prefix)
-            try:
-                names = os.listdir(directory)
-            except FileNotFoundError:
-                continue
-            for name in names:
-                if name.startswith(TEMP_PREFIX):
-                    yield os.path.join(directory, name)
+        for directory, name in self._listing():
+            if name.startswith(TEMP_PREFIX):
+                yield os.path.join(directory, name)

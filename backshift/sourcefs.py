@@ -189,24 +189,22 @@ class SourceTree:
         self.bytes_read += count
 
     def user_name(self, uid: int) -> bytes:
-        name = self._users.get(uid)
-        if name is None:
-            try:
-                name = pwd.getpwuid(uid).pw_name.encode("utf-8", "surrogateescape")
-            except KeyError:
-                name = b""
-            self._users[uid] = name
-        return name
+        return _cached_name(self._users, uid, lambda: pwd.getpwuid(uid).pw_name)
 
     def group_name(self, gid: int) -> bytes:
-        name = self._groups.get(gid)
-        if name is None:
-            try:
-                name = grp.getgrgid(gid).gr_name.encode("utf-8", "surrogateescape")
-            except KeyError:
-                name = b""
-            self._groups[gid] = name
-        return name
+        return _cached_name(self._groups, gid, lambda: grp.getgrgid(gid).gr_name)
+
+
+def _cached_name(cache: Dict[int, bytes], number: int, lookup: Callable[[], str]) -> bytes:
+    """A user or group name, b"" when the number has none; looked up once each."""
+    name = cache.get(number)
+    if name is None:
+        try:
+            name = lookup().encode("utf-8", "surrogateescape")
+        except KeyError:
+            name = b""
+        cache[number] = name
+    return name
 
 
 def _open_noatime(name: bytes, parent_fd: int) -> int:
