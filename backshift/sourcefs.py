@@ -60,6 +60,15 @@ class ParentCache:
         """A descriptor for ``directory`` reached without following any symlink."""
         if directory == self._path and self._fd is not None:
             return self._fd
+        if self._fd is not None and self._path is not None:
+            prefix = self._path if self._path.endswith(b"/") else self._path + b"/"
+            if directory.startswith(prefix):
+                # find order descends one level at a time: continue the walk
+                # from the directory already verified instead of from the top.
+                fd = _walk_nofollow(os.dup(self._fd), directory[len(prefix):])
+                self.close()
+                self._path, self._fd = directory, fd
+                return fd
         fd = open_directory_nofollow(directory)
         self.close()
         self._path, self._fd = directory, fd
@@ -69,9 +78,13 @@ class ParentCache:
 def open_directory_nofollow(directory: bytes) -> int:
     """Open a directory walking each component with O_NOFOLLOW."""
     start = b"/" if directory.startswith(b"/") else b"."
-    fd = os.open(start, _DIR_FLAGS)
+    return _walk_nofollow(os.open(start, _DIR_FLAGS), directory)
+
+
+def _walk_nofollow(fd: int, relative: bytes) -> int:
+    """Descend from the open directory ``fd`` (consumed) through ``relative``."""
     try:
-        for component in directory.split(b"/"):
+        for component in relative.split(b"/"):
             if component in (b"", b"."):
                 continue
             next_fd = os.open(component, _DIR_FLAGS, dir_fd=fd)
