@@ -29,7 +29,10 @@ XZ_PRESET_DICT): same output, 17% less time on small chunks.
 """
 
 import bz2
+import contextlib
 import lzma
+import platform
+import threading
 import zlib
 from typing import Dict, List, Optional, Tuple
 
@@ -62,6 +65,13 @@ XZ_PRESET_DICT = (256 << 10, 1 << 20, 2 << 20, 4 << 20, 4 << 20, 8 << 20, 8 << 2
                   16 << 20, 32 << 20, 64 << 20)
 XZ_MIN_DICT = 4096
 
+
+# PyPy's lzma module (built on cffi) was seen to mix up its own C structures
+# when several threads used it at once ("cdata 'lzma_options_lzma *' has no
+# field 'id'", PyPy 7.3.11), so there lzma runs one thread at a time.
+# CPython's lzma is thread-safe and releases the GIL: no lock there.
+_LZMA_GUARD = (threading.Lock() if platform.python_implementation() == "PyPy"
+               else contextlib.nullcontext())
 
 class CompressionSpec:
     """A parsed ``--compression`` value such as ``xz``, ``xz:6`` or ``zlib:1``."""
@@ -138,8 +148,9 @@ class Compressor:
             return CODEC_NONE, data
         if name == "xz":
             # No integrity check inside xz: every object is verified by its digest.
-            payload = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_NONE,
-                                    filters=self._xz_filters(len(data)))
+            with _LZMA_GUARD:
+                payload = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_NONE,
+                                        filters=self._xz_filters(len(data)))
             codec = CODEC_XZ
         elif name == "zlib":
             payload = zlib.compress(data, self.spec.level)
@@ -158,7 +169,8 @@ def decompress(codec: int, payload: bytes) -> bytes:
         if codec == CODEC_NONE:
             return payload
         if codec == CODEC_XZ:
-            return lzma.decompress(payload, format=lzma.FORMAT_XZ)
+            with _LZMA_GUARD:
+                return lzma.decompress(payload, format=lzma.FORMAT_XZ)
         if codec == CODEC_ZLIB:
             return zlib.decompress(payload)
         if codec == CODEC_BZ2:
