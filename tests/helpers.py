@@ -24,6 +24,17 @@ def run_ok(args: Sequence[str], input: Optional[bytes] = None,
     return result
 
 
+def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> str:
+    err = result.stderr.decode(errors="replace")
+    assert result.returncode == 2, (result.returncode, err)
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("backshift: "), err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
 def find_print0(top: str, cwd: Optional[str] = None) -> bytes:
     """Real GNU find output for ``top``."""
     return subprocess.run(["find", top, "-print0"], cwd=cwd, check=True,

@@ -24,17 +24,6 @@ from backshift.cli import build_parser
 MAN_PAGE = os.path.join(helpers.REPO, "backshift.1")
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> str:
-    err = result.stderr.decode(errors="replace")
-    assert result.returncode == 2, (result.returncode, err)
-    assert "Traceback" not in err, err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("backshift: "), err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
-
-
 def small_tree(top) -> None:
     (top / "sub").mkdir(parents=True)
     (top / "a.txt").write_bytes(b"alpha\n")
@@ -86,20 +75,20 @@ BAD_OPTIONS = [
 def test_bad_options_are_one_line_and_exit_2(savedir, args, word):
     before = helpers.list_ids(savedir)
     result = helpers.run(["--save-directory", savedir] + args, input=b"")
-    assert_one_line_error(result, word)
+    helpers.assert_one_line_error(result, word)
     assert result.stdout == b""
     assert helpers.list_ids(savedir) == before  # nothing was started
 
 
 def test_save_directory_option_is_required():
-    assert_one_line_error(helpers.run(["--list-backups"]), "--save-directory")
+    helpers.assert_one_line_error(helpers.run(["--list-backups"]), "--save-directory")
 
 
 def test_missing_save_directory_suggests_mount_or_init(tmp_path):
     where = tmp_path / "not-mounted"
     result = helpers.run(["--save-directory", str(where), "--backup", "--subset", "x"],
                          input=b"/etc/hostname\0")
-    assert_one_line_error(result, str(where))
+    helpers.assert_one_line_error(result, str(where))
     assert not where.exists()
 
 
@@ -109,16 +98,16 @@ def test_uninitialised_save_directory(tmp_path):
     for args in (["--list-backups"], ["--backup", "--subset", "x"],
                  ["--produce-tar", "--backup-id", "x"]):
         result = helpers.run(["--save-directory", str(empty)] + args, input=b"/etc/hostname\0")
-        assert_one_line_error(result, "empty", "--init-savedir")
+        helpers.assert_one_line_error(result, "empty", "--init-savedir")
     assert os.listdir(str(empty)) == []
 
 
 def test_save_directory_that_is_a_file(tmp_path):
     plain = tmp_path / "plain"
     plain.write_bytes(b"x")
-    assert_one_line_error(helpers.run(["--save-directory", str(plain), "--list-backups"]),
+    helpers.assert_one_line_error(helpers.run(["--save-directory", str(plain), "--list-backups"]),
                           "plain")
-    assert_one_line_error(helpers.run(["--save-directory", str(plain), "--init-savedir"]),
+    helpers.assert_one_line_error(helpers.run(["--save-directory", str(plain), "--init-savedir"]),
                           "plain")
     assert plain.read_bytes() == b"x"
 
@@ -126,7 +115,7 @@ def test_save_directory_that_is_a_file(tmp_path):
 def test_init_refuses_a_foreign_directory_and_is_idempotent(tmp_path, savedir):
     foreign = tmp_path / "foreign"
     small_tree(foreign)
-    assert_one_line_error(helpers.run(["--save-directory", str(foreign), "--init-savedir"]),
+    helpers.assert_one_line_error(helpers.run(["--save-directory", str(foreign), "--init-savedir"]),
                           "foreign")
     assert sorted(os.listdir(str(foreign))) == ["a.txt", "sub"]
     small_tree(tmp_path / "src")
@@ -154,7 +143,7 @@ def test_save_directory_not_writable(tmp_path, savedir):
     finally:
         for sub in ("", "backups", "objects"):
             os.chmod(os.path.join(savedir, sub), 0o700)
-    line = assert_one_line_error(result, "Permission denied")
+    line = helpers.assert_one_line_error(result, "Permission denied")
     assert savedir in line
     assert helpers.list_ids(savedir) == []
 
@@ -164,7 +153,7 @@ def test_filelist_missing_and_present(tmp_path, savedir):
     missing = tmp_path / "no-such-list"
     result = helpers.run(["--save-directory", savedir, "--backup", "--subset", "x",
                           "--filelist", str(missing)], cwd=str(tmp_path))
-    assert_one_line_error(result, "no-such-list")
+    helpers.assert_one_line_error(result, "no-such-list")
     assert helpers.list_ids(savedir) == []
     listing = tmp_path / "list"
     listing.write_bytes(helpers.find_print0("src", cwd=str(tmp_path)))
@@ -178,16 +167,16 @@ def test_filelist_missing_and_present(tmp_path, savedir):
 
 def test_unknown_backup_id_lists_recent_ids(tmp_path, savedir):
     result = helpers.run(["--save-directory", savedir, "--list-backup", "--backup-id", "nope"])
-    assert_one_line_error(result, "nope", "no backups")
+    helpers.assert_one_line_error(result, "nope", "no backups")
     small_tree(tmp_path / "src")
     ids = [helpers.backup(savedir, "src", cwd=str(tmp_path), subset="s%d" % n) for n in range(2)]
     for action in ("--list-backup", "--list-backup-simply", "--produce-tar"):
         result = helpers.run(["--save-directory", savedir, action, "--backup-id", "nope"])
-        assert_one_line_error(result, "nope", ids[0], ids[1])
+        helpers.assert_one_line_error(result, "nope", ids[0], ids[1])
         assert result.stdout == b""
     for sneaky in ("../backshift-format", "/etc/passwd", ".", ""):
         result = helpers.run(["--save-directory", savedir, "--produce-tar", "--backup-id", sneaky])
-        assert_one_line_error(result)
+        helpers.assert_one_line_error(result)
         assert result.stdout == b""
 
 
@@ -198,7 +187,7 @@ def test_starting_directory_not_in_backup(tmp_path, savedir):
         for start in ("/nowhere", "src/missing", "src/a.txt/below"):
             result = helpers.run(["--save-directory", savedir, action, "--backup-id", backup_id,
                                   "--starting-directory", start])
-            assert_one_line_error(result, start, backup_id)
+            helpers.assert_one_line_error(result, start, backup_id)
             assert result.stdout == b""
     listed = helpers.run_ok(["--save-directory", savedir, "--list-backup-simply", "--backup-id",
                              backup_id, "--starting-directory", "src/sub"]).stdout
@@ -315,7 +304,7 @@ def test_backup_refuses_a_terminal_as_its_path_list(savedir):
     finally:
         os.close(terminal)
         os.close(controller)
-    assert_one_line_error(result, "terminal", "find")
+    helpers.assert_one_line_error(result, "terminal", "find")
     assert helpers.list_ids(savedir) == []
 
 
@@ -330,7 +319,7 @@ def test_produce_tar_refuses_a_terminal_as_its_output(tmp_path, savedir):
     finally:
         os.close(terminal)
         os.close(controller)
-    assert_one_line_error(result, "terminal", "tar xvfp -")
+    helpers.assert_one_line_error(result, "terminal", "tar xvfp -")
 
 
 def test_interrupt_is_one_line(tmp_path, savedir):

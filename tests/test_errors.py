@@ -53,9 +53,7 @@ def test_bad_options_are_one_line_exit_2(tmp_path, savedir):
     for args in (["--backup", "--list-backups"], ["--backup"], ["--compression", "lz9", "--backup",
                  "--subset", "x"], ["--bogus"]):
         result = helpers.run(["--save-directory", savedir] + args, input=b"")
-        assert result.returncode == 2, args
-        assert len(result.stderr.decode().splitlines()) == 1, result.stderr
-        assert "Traceback" not in result.stderr.decode()
+        helpers.assert_one_line_error(result)
 
 
 def test_socket_is_skipped_with_a_note(tmp_path, savedir):
