@@ -22,7 +22,8 @@ import os
 import stat
 import sys
 import time
-from typing import BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, TextIO, Tuple
+from typing import (BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Set, TextIO,
+                    Tuple)
 
 from .catalog import BackupRecord, make_backup_id, utc_now
 from .chunking import DATA_PARAMS, METADATA_PARAMS, Chunker
@@ -32,18 +33,19 @@ from .pipeline import ReadAhead, RecordCache, StorePipeline
 from .records import (FLAG_IMPLICIT, FLAG_INLINE, FLAG_PARTIAL, KIND_BLOCK, KIND_CHAR,
                       KIND_DIR, KIND_FIFO, KIND_FILE, KIND_HARDLINK, KIND_SYMLINK, ChunkRef,
                       Entry)
-from .records import FLAG_SPARSE, SPARSE_KEY, XATTR_PREFIX, encode_extents
+from .packing import Packer
+from .records import FLAG_PACKED, FLAG_SPARSE, SPARSE_KEY, XATTR_PREFIX, encode_extents
 from .savedir import SaveDir
 from .sourcefs import SourceError, SourceFile, SourceTree, device_numbers
 from .tree import RecordWriter, TreeReader, split_path, store_top_record
 
-# Files up to this size are stored inside their directory's record instead
-# of as objects of their own: most files on a real system are this small,
-# and an object file each would cost a 4 KiB block and an inode apiece.
-INLINE_MAX = 16 * 1024
-# Inline contents of earlier backups kept in memory per directory for
-# reuse; past this a directory's small files are simply read again.
-PREVIOUS_INLINE_BUDGET = 32 * 1024 * 1024
+# Files up to this size are stored inside their entry: a pack reference
+# would take as many bytes.
+INLINE_MAX = 40
+# Files up to this size go into packs (packing.py) instead of objects of
+# their own: most files on a real system are this small, and an object each
+# would cost a file, a 4 KiB block and an fsync apiece and compress poorly.
+PACK_FILE_MAX = 64 * 1024
 # A file changed within this many ns of an earlier backup's start may have
 # changed again in the same timestamp tick after it was read: re-read it.
 TIMESTAMP_SLACK_NS = 2_000_000_000
@@ -56,13 +58,14 @@ class BackupOptions:
     def __init__(self, subset: str, hostname: str,
                  compression: Optional[CompressionSpec] = None,
                  checkpoint_interval: float = 60.0, inode_check: bool = True,
-                 inline_max: int = INLINE_MAX) -> None:
+                 inline_max: int = INLINE_MAX, pack_file_max: int = PACK_FILE_MAX) -> None:
         self.subset = subset
         self.hostname = hostname
         self.compression = compression or CompressionSpec.parse("xz")
         self.checkpoint_interval = checkpoint_interval
         self.inode_check = inode_check
         self.inline_max = inline_max
+        self.pack_file_max = pack_file_max
 
 
 class Reporter:
@@ -129,7 +132,6 @@ class PreviousDir:
 
     def _load(self) -> Dict[bytes, List[Earlier]]:
         index: Dict[bytes, List[Earlier]] = {}
-        inline_bytes = 0
         seen = set()
         for fragment, started_ns in self._fragments:
             key = tuple(fragment.chunks)
@@ -143,24 +145,26 @@ class PreviousDir:
             for entry in entries:
                 if entry.kind == KIND_DIR:
                     self._prefetch(entry.chunks)  # needed soon, in find order
-                if entry.flags & FLAG_INLINE:
-                    inline_bytes += len(entry.inline or b"")
-                    if inline_bytes > PREVIOUS_INLINE_BUDGET:
-                        continue
                 index.setdefault(entry.name, []).append((entry, started_ns))
         return index
 
 
 class OpenDir:
-    """A directory the input is currently inside."""
+    """A directory the input is inside, or one left whose record waits for a pack.
 
-    __slots__ = ("name", "meta", "writer", "previous")
+    ``queue`` holds entries that cannot be encoded yet, in order: the first
+    is pending (a packed file whose pack is still open, or a directory
+    whose own record waits); the rest wait behind it.
+    """
+
+    __slots__ = ("name", "meta", "writer", "previous", "queue")
 
     def __init__(self, name: bytes, writer: RecordWriter, previous: Optional[PreviousDir]) -> None:
         self.name = name
         self.meta: Optional[Entry] = None
         self.writer = writer
         self.previous = previous
+        self.queue: List[Entry] = []
 
 
 class Backup:
@@ -177,6 +181,11 @@ class Backup:
         self.compressor = Compressor(options.compression)
         self.data_chunker = Chunker(DATA_PARAMS)
         self.meta_chunker = Chunker(METADATA_PARAMS)
+        self.packer = Packer(self.store.put, self.compressor, self._pack_cut)
+        # Entries (by id) waiting for the open pack to be cut, and the
+        # directories already left whose records wait for it, children first.
+        self.unresolved: Set[int] = set()
+        self.waiting: List[Tuple[OpenDir, Entry]] = []
         self.source = SourceTree()
         # Earlier backups' records, read ahead of the walk (pipeline.py).
         self.records = RecordCache(self.objects)
@@ -252,8 +261,34 @@ class Backup:
 
     def _close_top(self) -> None:
         closing = self.stack.pop()
-        chunks = closing.writer.finish()
-        self.stack[-1].writer.add(self._dir_entry(closing, chunks))
+        if closing.queue:
+            entry = self._dir_entry(closing, [])
+            self.waiting.append((closing, entry))
+            self.unresolved.add(id(entry))
+        else:
+            entry = self._dir_entry(closing, closing.writer.finish())
+        self._add_entry(self.stack[-1], entry)
+
+    def _add_entry(self, directory: OpenDir, entry: Entry) -> None:
+        """Add to a directory's record, or queue behind entries still pending."""
+        if directory.queue or id(entry) in self.unresolved:
+            directory.queue.append(entry)
+        else:
+            directory.writer.add(entry)
+
+    def _pack_cut(self) -> None:
+        """Every pending entry has its pack now: encode what was queued."""
+        self.unresolved.clear()
+        for directory, entry in self.waiting:  # children before parents
+            for queued in directory.queue:
+                directory.writer.add(queued)
+            directory.queue = []
+            entry.chunks = directory.writer.finish()
+        self.waiting = []
+        for directory in self.stack:
+            for queued in directory.queue:
+                directory.writer.add(queued)
+            directory.queue = []
 
     @staticmethod
     def _dir_entry(directory: OpenDir, chunks: List[ChunkRef]) -> Entry:
@@ -274,6 +309,7 @@ class Backup:
             for path in ReadAhead().paths(paths):
                 self._save_path(path)
                 self._maybe_checkpoint()
+            self.packer.cut()
             while len(self.stack) > 1:
                 self._close_top()
             root = self.stack.pop()
@@ -299,6 +335,7 @@ class Backup:
 
     def checkpoint(self, partial: Optional[Entry] = None) -> None:
         """Publish the tree so far as an unfinished backup record."""
+        self.packer.cut()  # no entry may be pending in what is published
         extra: List[Entry] = [partial] if partial is not None else []
         for directory in reversed(self.stack):
             chunks = directory.writer.snapshot(extra)
@@ -359,7 +396,7 @@ class Backup:
             return
         if entry is not self._xattrs_reused:
             self._add_xattrs(path, entry)
-        self.stack[-1].writer.add(entry)
+        self._add_entry(self.stack[-1], entry)
         self.record.files += 1
         if entry.kind in (KIND_FILE, KIND_HARDLINK):
             self.record.bytes += entry.size
@@ -410,7 +447,11 @@ class Backup:
             entry.target = first_path
             entry.size = first.size
             entry.flags = first.flags & (FLAG_INLINE | FLAG_SPARSE)
-            entry.inline, entry.chunks = first.inline, first.chunks
+            if first.flags & FLAG_PACKED:
+                if not self.packer.share(first, entry):
+                    self.unresolved.add(id(entry))
+            else:
+                entry.inline, entry.chunks = first.inline, first.chunks
             _copy_sparse_map(first, entry)
             return entry
         entry.size = st.st_size  # what a checkpoint of a partly read file records
@@ -453,8 +494,9 @@ class Backup:
                 continue
             if not all(self.objects.touch(digest) for digest, _ in candidate.chunks):
                 continue  # expired meanwhile: try another, else read the file again
-            entry.flags |= candidate.flags & (FLAG_INLINE | FLAG_SPARSE)
+            entry.flags |= candidate.flags & (FLAG_INLINE | FLAG_SPARSE | FLAG_PACKED)
             entry.inline, entry.chunks = candidate.inline, list(candidate.chunks)
+            entry.offset = candidate.offset
             _copy_sparse_map(candidate, entry)
             # Setting an extended attribute changes the ctime, so equal
             # ctimes mean equal attributes: take them, skip listxattr.
@@ -476,12 +518,18 @@ class Backup:
 
     def _read_content(self, path: bytes, entry: Entry, st: os.stat_result) -> None:
         with self.source.open_file(path, st) as source:
-            if st.st_size <= self.options.inline_max:
-                head = source.read(self.options.inline_max + 1)
-                if len(head) <= self.options.inline_max:
-                    entry.flags |= FLAG_INLINE
-                    entry.inline = head
+            if st.st_size <= self.options.pack_file_max:
+                head = source.read(self.options.pack_file_max + 1)
+                if len(head) <= self.options.pack_file_max:
                     entry.size = len(head)
+                    if len(head) <= self.options.inline_max:
+                        entry.flags |= FLAG_INLINE
+                        entry.inline = head
+                    else:
+                        # Pending until the pack is cut, which may be in add().
+                        self.unresolved.add(id(entry))
+                        if self.packer.add(entry, head):
+                            self.unresolved.discard(id(entry))
                     self._check_unchanged(path, source)
                     return
                 entry.chunks = self._store_stream(entry, _prefixed(head, source.read))

@@ -146,6 +146,13 @@ class ObjectStore:
             os.utime(self.path_of(digest))
         except FileNotFoundError:
             return False
+        except OSError as exc:
+            # A network file system whose name was just replaced by another
+            # writer's rename of the same object: treat it as absent, so the
+            # caller stores it again (same bytes) or reads its file again.
+            if exc.errno == errno.ESTALE:
+                return False
+            raise
         self._remember(digest)
         return True
 
@@ -197,14 +204,19 @@ class ObjectStore:
     def read_raw(self, digest: bytes) -> Tuple[int, int, bytes]:
         """(codec, uncompressed length, payload) of an object, unverified."""
         path = self.path_of(digest)
-        try:
-            with open(path, "rb") as handle:
-                blob = handle.read()
-                _drop_from_cache(handle.fileno())
-        except FileNotFoundError:
-            raise ObjectError(digest, "missing") from None
-        except OSError as exc:
-            raise ObjectError(digest, "unreadable: %s" % exc.strerror) from None
+        for attempt in range(3):
+            try:
+                with open(path, "rb") as handle:
+                    blob = handle.read()
+                    _drop_from_cache(handle.fileno())
+                break
+            except FileNotFoundError:
+                raise ObjectError(digest, "missing") from None
+            except OSError as exc:
+                # ESTALE: another writer's rename replaced the name (same
+                # bytes) under a network file system client; look it up again.
+                if exc.errno != errno.ESTALE or attempt == 2:
+                    raise ObjectError(digest, "unreadable: %s" % exc.strerror) from None
         if len(blob) < OBJECT_HEADER.size:
             raise ObjectError(digest, "truncated header")
         magic, version, codec, _zero, length = OBJECT_HEADER.unpack_from(blob, 0)

@@ -11,7 +11,7 @@ One entry::
     u32  total length of the entry, this field included
     u8   kind     (b'f' file, b'd' directory, b'l' symlink, b'h' hard link,
                    b'p' fifo, b'c' char device, b'b' block device)
-    u8   flags    (INLINE, PARTIAL, IMPLICIT, CONTINUATION, SPARSE)
+    u8   flags    (INLINE, PARTIAL, IMPLICIT, CONTINUATION, SPARSE, PACKED)
     u16  reserved, zero
     u32  mode     (permission and special bits, st_mode & 0o7777)
     u32  uid, u32 gid
@@ -21,8 +21,10 @@ One entry::
     then six length-prefixed (u32) byte strings:
     name, uname, gname, target, data, extras
 
-``data`` is the file content itself when INLINE is set, otherwise a chunk
-list: 36-byte items of a 32-byte digest and a u32 length.  For a directory
+``data`` is the file content itself when INLINE is set; when PACKED, a
+reference into a pack (u32 offset, then one chunk list item naming the
+pack); otherwise a chunk list: 36-byte items of a 32-byte digest and a u32
+length.  For a directory
 it is the chunk list of the child directory's own record.  ``extras`` holds
 optional key/value pairs (u16 key length, key, u32 value length, value),
 keys sorted, e.g. ``xattr.user.foo`` or ``sparse``.
@@ -51,6 +53,7 @@ FLAG_PARTIAL = 0x02       # checkpoint of a file still being read: chunks cover 
 FLAG_IMPLICIT = 0x04      # directory never named in the input: no metadata of its own
 FLAG_CONTINUATION = 0x08  # more entries of a directory already seen earlier in this record
 FLAG_SPARSE = 0x10        # extras["sparse"] lists the data extents; chunks cover only those
+FLAG_PACKED = 0x20        # content is bytes offset..offset+size of the one chunk (a pack)
 
 # Keys of Entry.extras (see FORMAT.md, "Extras").
 XATTR_PREFIX = b"xattr."  # + attribute name -> raw value, as lgetxattr returns it
@@ -59,6 +62,7 @@ SPARSE_KEY = b"sparse"    # data extents of a SPARSE file (encode_extents)
 _FIXED = struct.Struct("<IBBHIIIqqQQIII")
 _LEN = struct.Struct("<I")
 _CHUNK = struct.Struct("<32sI")
+_PACKREF = struct.Struct("<I32sI")  # offset in the pack, pack digest, pack length
 _KEYLEN = struct.Struct("<H")
 
 ChunkRef = Tuple[bytes, int]  # (32-byte digest, uncompressed length)
@@ -73,14 +77,14 @@ class Entry:
 
     __slots__ = ("name", "kind", "flags", "mode", "uid", "gid", "mtime_ns", "ctime_ns",
                  "ino", "size", "nlink", "rdev_major", "rdev_minor", "uname", "gname",
-                 "target", "inline", "chunks", "extras")
+                 "target", "inline", "chunks", "offset", "extras")
 
     def __init__(self, name: bytes, kind: bytes, *, flags: int = 0, mode: int = 0,
                  uid: int = 0, gid: int = 0, mtime_ns: int = 0, ctime_ns: int = 0,
                  ino: int = 0, size: int = 0, nlink: int = 1, rdev_major: int = 0,
                  rdev_minor: int = 0, uname: bytes = b"", gname: bytes = b"",
                  target: bytes = b"", inline: Optional[bytes] = None,
-                 chunks: Optional[List[ChunkRef]] = None,
+                 chunks: Optional[List[ChunkRef]] = None, offset: int = 0,
                  extras: Optional[Dict[bytes, bytes]] = None) -> None:
         self.name = name
         self.kind = kind
@@ -100,6 +104,7 @@ class Entry:
         self.target = target
         self.inline = inline
         self.chunks = chunks if chunks is not None else []
+        self.offset = offset  # where a PACKED file's content starts in its pack
         self.extras = extras if extras is not None else {}
 
     def __repr__(self) -> str:
@@ -117,6 +122,8 @@ class Entry:
         """Bytes of content held for this entry (inline or in chunks)."""
         if self.flags & FLAG_INLINE:
             return len(self.inline or b"")
+        if self.flags & FLAG_PACKED:
+            return self.size
         return sum(length for _, length in self.chunks)
 
 
@@ -185,6 +192,9 @@ def encode_entry(entry: Entry) -> bytes:
     """The bytes of one entry, length field included."""
     if entry.flags & FLAG_INLINE:
         data = entry.inline or b""
+    elif entry.flags & FLAG_PACKED:
+        (pack, pack_length), = entry.chunks
+        data = _PACKREF.pack(entry.offset, pack, pack_length)
     else:
         data = encode_chunks(entry.chunks)
     extras = encode_extras(entry.extras) if entry.extras else b""
@@ -229,6 +239,15 @@ def decode_entry(buf: bytes, offset: int = 0) -> Tuple[Entry, int]:
                   target=target, extras=decode_extras(extras) if extras else None)
     if flags & FLAG_INLINE:
         entry.inline = data
+    elif flags & FLAG_PACKED:
+        if len(data) != _PACKREF.size:
+            raise RecordError("pack reference of %r is %d bytes, not %d"
+                              % (name, len(data), _PACKREF.size))
+        entry.offset, pack, pack_length = _PACKREF.unpack(data)
+        if entry.offset + size > pack_length:
+            raise RecordError("%r: bytes %d..%d lie past the end of its pack (%d bytes)"
+                              % (name, entry.offset, entry.offset + size, pack_length))
+        entry.chunks = [(pack, pack_length)]
     else:
         entry.chunks = decode_chunks(data)
     return entry, end

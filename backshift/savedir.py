@@ -2,7 +2,7 @@
 
 Layout (see FORMAT.md)::
 
-    backshift-format     "backshift save directory\\nformat 1\\n"
+    backshift-format     "backshift save directory\\nformat 2\\n"
     objects/00 .. ff/    content-addressed objects (objectstore.py)
     backups/             one record per backup (catalog.py)
 """
@@ -14,7 +14,7 @@ from .catalog import Catalog
 from .objectstore import ObjectStore, fsync_directory, write_file_atomically
 
 FORMAT_FILE = "backshift-format"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FORMAT_TEXT = "backshift save directory\nformat %d\n"
 
 

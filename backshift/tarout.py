@@ -36,9 +36,8 @@ from typing import BinaryIO, Callable, Deque, Dict, Iterator, List, Optional, Se
 
 from .objectstore import ObjectError, ObjectStore
 from .pipeline import Prefetcher, ReadAheadTreeReader
-from .records import (FLAG_INLINE, FLAG_PARTIAL, FLAG_SPARSE, KIND_BLOCK, KIND_CHAR, KIND_DIR,
-                      KIND_FIFO,
-                      KIND_FILE, KIND_HARDLINK, KIND_SYMLINK, SPARSE_KEY, XATTR_PREFIX,
+from .records import (FLAG_INLINE, FLAG_PACKED, FLAG_PARTIAL, FLAG_SPARSE, KIND_BLOCK,
+                      KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_HARDLINK, KIND_SYMLINK, SPARSE_KEY, XATTR_PREFIX,
                       ChunkRef, Entry, Extent, RecordError, decode_extents)
 from .tree import TreeReader
 
@@ -186,6 +185,8 @@ class TarWriter:
         # to a target outside the stream was written with its data instead.
         self._link_targets: Set[bytes] = set()
         self._link_moved: Dict[bytes, bytes] = {}
+        # The last pack read: the small files of a directory share a few.
+        self._pack: Tuple[bytes, bytes] = (b"", b"")
 
     def _write(self, data: bytes) -> None:
         self.out.write(data)
@@ -399,6 +400,11 @@ class TarWriter:
             if data:
                 yield data
             remaining -= len(data)
+        elif entry.flags & FLAG_PACKED:
+            data = self._packed(path, entry)[:remaining]
+            if data:
+                yield data
+            remaining -= len(data)
         else:
             for digest, length in entry.chunks:
                 if remaining <= 0:
@@ -417,6 +423,17 @@ class TarWriter:
             while remaining > 0:
                 yield bytes(min(remaining, step))
                 remaining -= step
+
+    def _packed(self, path: bytes, entry: Entry) -> bytes:
+        """A packed file's content, or b"" if its pack is damaged (reported)."""
+        (digest, _length), = entry.chunks
+        if self._pack[0] != digest:
+            try:
+                self._pack = (digest, self.fetch(digest))
+            except ObjectError as exc:
+                self._damage(path, exc.reason + " (pack %s)" % digest.hex())
+                return b""
+        return self._pack[1][entry.offset:entry.offset + entry.size]
 
     def _write_zeros(self, count: int) -> None:
         step = 1 << 20
@@ -483,6 +500,7 @@ def produce_tar(reader: TreeReader, root: Sequence[ChunkRef], start: bytes, writ
     fetcher = Prefetcher(writer.objects)
     writer.fetch = fetcher.get
     ahead: Deque[Tuple[bytes, Entry]] = collections.deque()
+    last_pack = b""  # announced once for a run of files in the same pack, as read
     records = ReadAheadTreeReader(reader.objects)  # directory records, read ahead too
     try:
         # A damaged directory record costs only what is below it: reported like
@@ -491,7 +509,11 @@ def produce_tar(reader: TreeReader, root: Sequence[ChunkRef], start: bytes, writ
                                         on_damage=writer._damage):
             if entry.flags & FLAG_PARTIAL:
                 continue  # a checkpoint's prefix of a file still being read: not a file
-            if entry.kind == KIND_FILE and not entry.flags & FLAG_INLINE:
+            if entry.kind == KIND_FILE and entry.flags & FLAG_PACKED:
+                if entry.chunks[0][0] != last_pack:
+                    fetcher.want(entry.chunks)
+                    last_pack = entry.chunks[0][0]
+            elif entry.kind == KIND_FILE and not entry.flags & FLAG_INLINE:
                 fetcher.want(entry.chunks)
             ahead.append((path, entry))
             while ahead and (not fetcher.has_room or len(ahead) > LOOKAHEAD_ENTRIES):

@@ -1,0 +1,142 @@
+"""Small files packed together: one object holds the contents of many.
+
+Most files of a real system are a few KiB.  An object of its own would cost
+each one a file, a 4 KiB block, an fsync and an xz stream that compresses
+poorly; stored inside the directory record (as backshift once did) they made
+every later backup decompress them again just to compare metadata.  So
+their contents go, back to back in the order met, into *packs*: objects
+like any other, named by the digest of their content.  A file's entry
+refers to its pack and its offset there (FORMAT.md, "Packs"), so a later
+backup that finds the file unchanged copies the reference without reading
+anything, and directory records hold metadata only.
+
+Where a pack ends depends only on the contents of the files in it (the
+rule is in ``PackParams``), so the same run of files packed on two hosts,
+or again after a rename, gives the same packs from the first cut on: packs
+deduplicate as chunks do, at file granularity.  Within one backup, a small
+file whose content was already packed refers to that copy.
+
+Entries are handed over before their pack is complete; they are *pending*
+until the pack is cut, when every pending entry gets its reference at once
+and ``on_cut`` is told, so that the caller can encode them.
+"""
+
+import hashlib
+from typing import Callable, Dict, List, Optional, Tuple
+
+from .compression import Compressor
+from .records import FLAG_PACKED, ChunkRef, Entry
+
+
+class PackParams:
+    """Where packs are cut.
+
+    After a file is added, the pack is cut if it holds at least ``min_size``
+    bytes and the file's content hash, as a fraction of 2**32, is below
+    len(content) / ``spread``: a cut after roughly every ``spread`` bytes
+    past the minimum, decided by content alone.  It is always cut at
+    ``max_size`` bytes or ``max_files`` files, which bound a backup's
+    memory of pending entries.
+    """
+
+    def __init__(self, min_size: int = 256 * 1024, spread: int = 512 * 1024,
+                 max_size: int = 2 * 1024 * 1024, max_files: int = 8192) -> None:
+        self.min_size = min_size
+        self.spread = spread
+        self.max_size = max_size
+        self.max_files = max_files
+
+
+# Digests of packed contents remembered per backup for deduplication; past
+# this many the memory is cleared (costing only some duplicate storage).
+KNOWN_CONTENTS_MAX = 1 << 18
+
+Store = Callable[[bytes, Compressor], bytes]  # put(data, compressor) -> digest
+
+
+class Packer:
+    """Collects small files' contents into packs, resolving entries at each cut."""
+
+    def __init__(self, put: Store, compressor: Compressor, on_cut: Callable[[], None],
+                 params: Optional[PackParams] = None) -> None:
+        self._put = put
+        self._compressor = compressor
+        self._on_cut = on_cut
+        self.params = params or PackParams()
+        self._buffer = bytearray()
+        self._pending: List[Tuple[Entry, int]] = []  # (entry, offset) in the open pack
+        self._pending_keys: List[bytes] = []
+        # content digest -> (pack reference, or None while in the open pack; offset)
+        self._known: Dict[bytes, Tuple[Optional[ChunkRef], int]] = {}
+        self.packs = 0
+
+    @property
+    def pending(self) -> bool:
+        """Are some entries waiting for the open pack to be cut?"""
+        return bool(self._pending)
+
+    def add(self, entry: Entry, content: bytes) -> bool:
+        """Pack ``content`` as ``entry``'s; True if the entry's reference is already final.
+
+        False means the entry is pending until the next cut (which may
+        happen within this call, before it returns).
+        """
+        entry.flags |= FLAG_PACKED
+        key = hashlib.blake2b(content, digest_size=16).digest()
+        known = self._known.get(key)
+        if known is not None:
+            ref, offset = known
+            if ref is not None:
+                entry.chunks, entry.offset = [ref], offset
+                return True
+            self._pending.append((entry, offset))
+            return False
+        if len(self._known) >= KNOWN_CONTENTS_MAX:
+            self._forget_stored()
+        offset = len(self._buffer)
+        self._buffer += content
+        self._pending.append((entry, offset))
+        self._pending_keys.append(key)
+        self._known[key] = (None, offset)
+        if self._should_cut(key, len(content)):
+            self.cut()
+        return False
+
+    def share(self, first: Entry, entry: Entry) -> bool:
+        """Give ``entry`` (a hard link) the content reference of ``first``, pending or not."""
+        entry.flags |= FLAG_PACKED
+        for pending, offset in self._pending:
+            if pending is first:
+                self._pending.append((entry, offset))
+                return False
+        entry.chunks, entry.offset = list(first.chunks), first.offset
+        return True
+
+    def _should_cut(self, key: bytes, length: int) -> bool:
+        params = self.params
+        size = len(self._buffer)
+        if size >= params.max_size or len(self._pending) >= params.max_files:
+            return True
+        if size < params.min_size:
+            return False
+        return int.from_bytes(key[:4], "little") * params.spread < length << 32
+
+    def cut(self) -> None:
+        """Store the open pack (if any entry waits) and resolve its entries."""
+        if not self._pending:
+            return
+        pack = bytes(self._buffer)
+        ref = (self._put(pack, self._compressor), len(pack))
+        self.packs += 1
+        for entry, offset in self._pending:
+            entry.chunks, entry.offset = [ref], offset
+        for key in self._pending_keys:
+            self._known[key] = (ref, self._known[key][1])
+        self._buffer = bytearray()
+        self._pending = []
+        self._pending_keys = []
+        self._on_cut()
+
+    def _forget_stored(self) -> None:
+        """Bound memory: keep only the contents of the open pack."""
+        self._known = {key: self._known[key] for key in self._pending_keys}
