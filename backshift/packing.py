@@ -90,6 +90,10 @@ class Packer:
                 entry.chunks, entry.offset = [ref], offset
                 return True
             self._pending.append((entry, offset))
+            # Repeats of a content still count against max_files, which
+            # bounds the pending entries a backup holds.
+            if len(self._pending) >= self.params.max_files:
+                self.cut()
             return False
         if len(self._known) >= KNOWN_CONTENTS_MAX:
             self._forget_stored()
