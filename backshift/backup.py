@@ -23,7 +23,7 @@ import stat
 import sys
 import time
 from typing import (BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Set, TextIO,
-                    Tuple)
+                    Tuple, Union)
 
 from .catalog import BackupRecord, make_backup_id, utc_now
 from .chunking import DATA_PARAMS, METADATA_PARAMS, Chunker
@@ -34,7 +34,8 @@ from .records import (FLAG_IMPLICIT, FLAG_INLINE, FLAG_PARTIAL, KIND_BLOCK, KIND
                       KIND_DIR, KIND_FIFO, KIND_FILE, KIND_HARDLINK, KIND_SYMLINK, ChunkRef,
                       Entry)
 from .packing import Packer
-from .records import FLAG_PACKED, FLAG_SPARSE, SPARSE_KEY, XATTR_PREFIX, encode_extents
+from .records import (FLAG_PACKED, FLAG_SPARSE, SPARSE_KEY, XATTR_PREFIX, RawEntry,
+                      RecordError, encode_extents, scan_entries)
 from .savedir import SaveDir
 from .sourcefs import SourceError, SourceFile, SourceTree, device_numbers
 from .tree import RecordWriter, TreeReader, split_path, store_top_record
@@ -46,6 +47,10 @@ INLINE_MAX = 40
 # their own: most files on a real system are this small, and an object each
 # would cost a file, a 4 KiB block and an fsync apiece and compress poorly.
 PACK_FILE_MAX = 64 * 1024
+# Directory records up to this size are held in their directory's entry, in
+# the parent's record: most directories are small, and an object each would
+# cost a file, a block and an fsync, and a read when the next backup compares.
+DIR_INLINE_MAX = 4096
 # A file changed within this many ns of an earlier backup's start may have
 # changed again in the same timestamp tick after it was read: re-read it.
 TIMESTAMP_SLACK_NS = 2_000_000_000
@@ -116,35 +121,53 @@ Earlier = Tuple[Entry, int]
 
 
 class PreviousDir:
-    """What earlier backups stored in one directory, by name, for reuse."""
+    """What earlier backups stored in one directory, by name, for reuse.
+
+    Entries are kept as RawEntry: most are only compared and then copied
+    as they were; decoding waits until one is needed as an Entry.
+    """
 
     def __init__(self, reader: TreeReader, fragments: List[Earlier],
                  prefetch: Callable[[List[ChunkRef]], None] = lambda chunks: None) -> None:
         self._reader = reader
-        self._fragments = fragments
+        self.fragments = fragments  # this directory's own entries in earlier backups
         self._prefetch = prefetch
-        self._index: Optional[Dict[bytes, List[Earlier]]] = None
+        self._index: Optional[Dict[bytes, List[Tuple[RawEntry, int]]]] = None
 
-    def get(self, name: bytes) -> List[Earlier]:
+    def raw(self, name: bytes) -> List[Tuple[RawEntry, int]]:
+        """Earlier entries named ``name``, with their backups' start times."""
         if self._index is None:
             self._index = self._load()
         return self._index.get(name, [])
 
-    def _load(self) -> Dict[bytes, List[Earlier]]:
-        index: Dict[bytes, List[Earlier]] = {}
+    def get(self, name: bytes) -> List[Earlier]:
+        found = []
+        for raw, started_ns in self.raw(name):
+            try:
+                found.append((raw.decode(), started_ns))
+            except RecordError:
+                continue
+        return found
+
+    def _load(self) -> Dict[bytes, List[Tuple[RawEntry, int]]]:
+        index: Dict[bytes, List[Tuple[RawEntry, int]]] = {}
         seen = set()
-        for fragment, started_ns in self._fragments:
-            key = tuple(fragment.chunks)
+        for fragment, started_ns in self.fragments:
+            inline = fragment.flags & FLAG_INLINE
+            key = fragment.inline if inline else tuple(fragment.chunks)
             if key in seen:
                 continue  # the same record in two earlier backups: index it once
             seen.add(key)
             try:
-                entries = list(self._reader.entries(fragment.chunks))
+                record = (fragment.inline or b"") if inline else \
+                    self._reader.read_record(fragment.chunks)
+                entries = list(scan_entries(record))
+                for entry in entries:
+                    if entry.kind == KIND_DIR:
+                        self._prefetch(entry.decode().chunks)  # needed soon, in find order
             except Exception:  # a damaged earlier backup only costs us re-reading
                 continue
             for entry in entries:
-                if entry.kind == KIND_DIR:
-                    self._prefetch(entry.chunks)  # needed soon, in find order
                 index.setdefault(entry.name, []).append((entry, started_ns))
         return index
 
@@ -152,9 +175,10 @@ class PreviousDir:
 class OpenDir:
     """A directory the input is inside, or one left whose record waits for a pack.
 
-    ``queue`` holds entries that cannot be encoded yet, in order: the first
+    ``queue`` holds entries that cannot be added yet, in order: the first
     is pending (a packed file whose pack is still open, or a directory
-    whose own record waits); the rest wait behind it.
+    whose own record waits); the rest (Entry, or bytes already encoded)
+    wait behind it.
     """
 
     __slots__ = ("name", "meta", "writer", "previous", "queue")
@@ -164,7 +188,7 @@ class OpenDir:
         self.meta: Optional[Entry] = None
         self.writer = writer
         self.previous = previous
-        self.queue: List[Entry] = []
+        self.queue: List[Union[Entry, bytes]] = []
 
 
 class Backup:
@@ -187,6 +211,7 @@ class Backup:
         self.unresolved: Set[int] = set()
         self.waiting: List[Tuple[OpenDir, Entry]] = []
         self.source = SourceTree()
+        self.readahead = ReadAhead()
         # Earlier backups' records, read ahead of the walk (pipeline.py).
         self.records = RecordCache(self.objects)
         self.reader = TreeReader(self.records)  # type: ignore[arg-type]
@@ -197,6 +222,7 @@ class Backup:
         self.record.checkpoint_interval = options.checkpoint_interval
         self.previous_records = self._choose_previous()
         self.stack: List[OpenDir] = []
+        self.open_names: List[bytes] = []  # names of stack[1:], for a quick _enter
         # First link saved of each multiply linked file, with how many of
         # its links are still to come: forgotten once all were met, so the
         # map holds only files whose links are still ahead.
@@ -249,6 +275,8 @@ class Backup:
 
     def _enter(self, components: List[bytes]) -> None:
         """Make the open directories exactly root + ``components``."""
+        if components == self.open_names:
+            return  # still in the same directory: the common case
         depth = 0
         while (depth < len(components) and depth + 1 < len(self.stack)
                and self.stack[depth + 1].name == components[depth]):
@@ -258,18 +286,30 @@ class Backup:
         for name in components[depth:]:
             parent = self.stack[-1]
             self.stack.append(OpenDir(name, self._new_writer(), self._previous_child(parent, name)))
+            self.open_names.append(name)
 
     def _close_top(self) -> None:
         closing = self.stack.pop()
+        self.open_names.pop()
+        entry = self._dir_entry(closing, [])
         if closing.queue:
-            entry = self._dir_entry(closing, [])
             self.waiting.append((closing, entry))
             self.unresolved.add(id(entry))
         else:
-            entry = self._dir_entry(closing, closing.writer.finish())
+            self._finish_dir(closing, entry)
         self._add_entry(self.stack[-1], entry)
 
-    def _add_entry(self, directory: OpenDir, entry: Entry) -> None:
+    @staticmethod
+    def _finish_dir(directory: OpenDir, entry: Entry) -> None:
+        """Give a directory's entry its record: inline if small, else stored chunks."""
+        record = directory.writer.finish_small(DIR_INLINE_MAX)
+        if record is not None:
+            entry.flags |= FLAG_INLINE
+            entry.inline = record
+        else:
+            entry.chunks = directory.writer.finish()
+
+    def _add_entry(self, directory: OpenDir, entry: Union[Entry, bytes]) -> None:
         """Add to a directory's record, or queue behind entries still pending."""
         if directory.queue or id(entry) in self.unresolved:
             directory.queue.append(entry)
@@ -280,14 +320,12 @@ class Backup:
         """Every pending entry has its pack now: encode what was queued."""
         self.unresolved.clear()
         for directory, entry in self.waiting:  # children before parents
-            for queued in directory.queue:
-                directory.writer.add(queued)
+            directory.writer.add_all(directory.queue)
             directory.queue = []
-            entry.chunks = directory.writer.finish()
+            self._finish_dir(directory, entry)
         self.waiting = []
         for directory in self.stack:
-            for queued in directory.queue:
-                directory.writer.add(queued)
+            directory.writer.add_all(directory.queue)
             directory.queue = []
 
     @staticmethod
@@ -306,7 +344,7 @@ class Backup:
         self.savedir.catalog.write(self.record)
         try:
             # The kernel fetches upcoming files while this one is handled.
-            for path in ReadAhead().paths(paths):
+            for path in self.readahead.paths(paths):
                 self._save_path(path)
                 self._maybe_checkpoint()
             self.packer.cut()
@@ -377,9 +415,10 @@ class Backup:
         mode = st.st_mode
         if stat.S_ISDIR(mode):
             self._enter(components)
-            self.stack[-1].meta = self._metadata(components[-1] if components else b"",
-                                                 KIND_DIR, st)
-            self._add_xattrs(path, self.stack[-1].meta)
+            meta = self._metadata(components[-1] if components else b"", KIND_DIR, st)
+            self.stack[-1].meta = meta
+            if not self._reuse_dir_xattrs(meta, st):
+                self._add_xattrs(path, meta)
             self.reporter.file_done(path, 0)
             return
         if not components:
@@ -387,6 +426,8 @@ class Backup:
             return
         self._enter(components[:-1])
         name = components[-1]
+        if self._reuse_unchanged(path, name, st):
+            return
         try:
             entry = self._entry_for(path, name, st)
         except SourceError as exc:
@@ -401,6 +442,68 @@ class Backup:
         if entry.kind in (KIND_FILE, KIND_HARDLINK):
             self.record.bytes += entry.size
         self.reporter.file_done(path, entry.size)
+
+    def _reuse_unchanged(self, path: bytes, name: bytes, st: os.stat_result) -> bool:
+        """Copy an earlier backup's entry as it was, if nothing about the file changed.
+
+        The fast path of a re-backup: for a regular file or a symlink of
+        one link whose type, times, size, inode, mode and owners equal
+        an earlier entry's (and which was settled when that backup began),
+        the entry's bytes are reused whole, extended attributes and content
+        reference included: changing any of those changes the ctime.
+        Everything else takes the general path (_entry_for).
+        """
+        directory = self.stack[-1]
+        if directory.previous is None or st.st_nlink != 1:
+            return False
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            kind = KIND_FILE
+        elif stat.S_ISLNK(mode):
+            kind = KIND_SYMLINK
+        else:
+            return False
+        for earlier, started_ns in directory.previous.raw(name):
+            if (earlier.kind != kind or earlier.flags & (FLAG_PARTIAL | FLAG_IMPLICIT)
+                    or earlier.mtime_ns != st.st_mtime_ns or earlier.ctime_ns != st.st_ctime_ns
+                    or earlier.mode != stat.S_IMODE(mode) or earlier.nlink != 1
+                    or earlier.uid != st.st_uid or earlier.gid != st.st_gid
+                    or (kind == KIND_FILE and earlier.size != st.st_size)
+                    or (self.options.inode_check and earlier.ino != st.st_ino)
+                    or not _settled(st, started_ns)):
+                continue
+            try:
+                uname, gname, digests = earlier.owners_and_digests()
+            except RecordError:
+                continue
+            if (uname != self.source.user_name(st.st_uid)
+                    or gname != self.source.group_name(st.st_gid)):
+                continue
+            if not all(self.objects.touch(digest) for digest in digests):
+                continue  # expired meanwhile: the general path decides
+            self._add_entry(directory, earlier.raw())
+            self.record.files += 1
+            if kind == KIND_FILE:
+                self.record.bytes += earlier.size
+                self.record.files_reused += 1
+                self.record.bytes_reused += earlier.size
+            self.reporter.file_done(path, earlier.size)
+            return True
+        return False
+
+    def _reuse_dir_xattrs(self, meta: Entry, st: os.stat_result) -> bool:
+        """Take a directory's extended attributes from an earlier backup if its ctime says so."""
+        previous = self.stack[-1].previous
+        if previous is None:
+            return False
+        for earlier, started_ns in previous.fragments:
+            if (earlier.flags & FLAG_IMPLICIT or earlier.ctime_ns != st.st_ctime_ns
+                    or earlier.ino != st.st_ino or not _settled(st, started_ns)):
+                continue
+            meta.extras.update((key, value) for key, value in earlier.extras.items()
+                               if key.startswith(XATTR_PREFIX))
+            return True
+        return False
 
     def _metadata(self, name: bytes, kind: bytes, st: os.stat_result) -> Entry:
         return Entry(name, kind, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
@@ -517,6 +620,7 @@ class Backup:
         return []
 
     def _read_content(self, path: bytes, entry: Entry, st: os.stat_result) -> None:
+        self.readahead.note_read()
         with self.source.open_file(path, st) as source:
             if st.st_size <= self.options.pack_file_max:
                 head = source.read(self.options.pack_file_max + 1)

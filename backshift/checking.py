@@ -60,14 +60,19 @@ def scan_tree(reader: TreeReader, root: Sequence[ChunkRef], on_chunks: ChunksCal
     """Report every chunk list a backup's tree refers to, depth first.
 
     ``on_chunks`` is called for the top record (path b""), every directory
-    record (with the directory's path) and every file's content chunks.
+    record (with the directory's path; not for small records held inline in
+    their directory's entry, which name no object of their own) and every
+    file's content chunks.
     With ``seen``, a directory record whose key is in it is reported but
     not read again (its subtree was scanned already); keys are added as
     records are read.  Memory is bounded by the tree's depth.
     """
     stack: List[Tuple[bytes, Sequence[ChunkRef], object]] = []
 
-    def enter(path: bytes, chunks: Sequence[ChunkRef]) -> None:
+    def enter(path: bytes, chunks: Sequence[ChunkRef], inline: Optional[bytes] = None) -> None:
+        if inline is not None:  # a small record held in its directory's entry
+            stack.append((path, chunks, iter_entries(inline)))
+            return
         on_chunks(path, chunks, True)
         key = record_key(chunks) if seen is not None else b""
         if seen is not None and key in seen:
@@ -98,7 +103,8 @@ def scan_tree(reader: TreeReader, root: Sequence[ChunkRef], on_chunks: ChunksCal
         # The top record's one entry, the root directory, is named b"": path b"".
         path = join_path(parent, entry.name)
         if entry.kind == KIND_DIR:
-            enter(path, entry.chunks)
+            enter(path, entry.chunks,
+                  (entry.inline or b"") if entry.flags & FLAG_INLINE else None)
         elif entry.chunks and not entry.flags & FLAG_INLINE:
             on_chunks(path, entry.chunks, False)
 

@@ -14,15 +14,18 @@ Where a pack ends depends only on the contents of the files in it (the
 rule is in ``PackParams``), so the same run of files packed on two hosts,
 or again after a rename, gives the same packs from the first cut on: packs
 deduplicate as chunks do, at file granularity.  Within one backup, a small
-file whose content was already packed refers to that copy.
+file whose content is in the open pack or one of the few packs cut just
+before refers to that copy.  Not further back: restoring it would mean
+decompressing a whole pack far from the ones its neighbours are in.
 
 Entries are handed over before their pack is complete; they are *pending*
 until the pack is cut, when every pending entry gets its reference at once
 and ``on_cut`` is told, so that the caller can encode them.
 """
 
+import collections
 import hashlib
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 from .compression import Compressor
 from .records import FLAG_PACKED, ChunkRef, Entry
@@ -47,9 +50,10 @@ class PackParams:
         self.max_files = max_files
 
 
-# Digests of packed contents remembered per backup for deduplication; past
-# this many the memory is cleared (costing only some duplicate storage).
-KNOWN_CONTENTS_MAX = 1 << 18
+# Packs, besides the open one, whose contents a new small file may point
+# into instead of being packed again.  A restore keeps more packs than
+# this decompressed (tarout.PACKS_CACHED), so such a file costs it nothing.
+DEDUP_PACKS = 3
 
 Store = Callable[[bytes, Compressor], bytes]  # put(data, compressor) -> digest
 
@@ -68,6 +72,7 @@ class Packer:
         self._pending_keys: List[bytes] = []
         # content digest -> (pack reference, or None while in the open pack; offset)
         self._known: Dict[bytes, Tuple[Optional[ChunkRef], int]] = {}
+        self._recent: Deque[List[bytes]] = collections.deque()  # keys of the packs cut last
         self.packs = 0
 
     @property
@@ -95,8 +100,6 @@ class Packer:
             if len(self._pending) >= self.params.max_files:
                 self.cut()
             return False
-        if len(self._known) >= KNOWN_CONTENTS_MAX:
-            self._forget_stored()
         offset = len(self._buffer)
         self._buffer += content
         self._pending.append((entry, offset))
@@ -136,11 +139,11 @@ class Packer:
             entry.chunks, entry.offset = [ref], offset
         for key in self._pending_keys:
             self._known[key] = (ref, self._known[key][1])
+        self._recent.append(self._pending_keys)
+        if len(self._recent) > DEDUP_PACKS:
+            for key in self._recent.popleft():
+                self._known.pop(key, None)
         self._buffer = bytearray()
         self._pending = []
         self._pending_keys = []
         self._on_cut()
-
-    def _forget_stored(self) -> None:
-        """Bound memory: keep only the contents of the open pack."""
-        self._known = {key: self._known[key] for key in self._pending_keys}

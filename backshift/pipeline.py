@@ -23,7 +23,8 @@ spends most of its time in exactly those calls, so:
 
 * ``ReadAhead`` asks the kernel to start reading the next files named on
   the input while the current one is handled: a backup that reads one small
-  file after another otherwise waits one disk round trip per file.
+  file after another otherwise waits one disk round trip per file.  It
+  pauses while the backup reads nothing (files reused unread).
 
 * ``Prefetcher`` does the reverse for restores: while tar data of one chunk
   is written to stdout, the next chunks are read, decompressed and verified
@@ -195,8 +196,8 @@ class ReadAheadTreeReader(TreeReader):
         self.cache = RecordCache(objects, workers)
         super().__init__(self.cache)  # type: ignore[arg-type]
 
-    def entries(self, chunks: Sequence[ChunkRef]) -> Iterator[Entry]:
-        entries = list(super().entries(chunks))
+    def parse(self, record: bytes) -> Iterator[Entry]:
+        entries = list(super().parse(record))
         for entry in entries:
             if entry.kind == KIND_DIR:
                 self.cache.prefetch(entry.chunks)
@@ -300,14 +301,26 @@ class ReadAhead:
         self.advised = 0
         self._hints: "queue.SimpleQueue[Optional[Tuple[int, bytes]]]" = queue.SimpleQueue()
         self._done = 0  # index of the next path the backup will take
+        self._last_read = 0  # index of the last path whose content the backup read
         self._threads: List[threading.Thread] = []
         self._stop = threading.Event()
+
+    @property
+    def _reading(self) -> bool:
+        """Has the backup read a file lately?  If not (an unchanged tree,
+        reused from earlier backups), hints would cost a lstat and an open
+        per path and save nothing."""
+        return self._done - self._last_read <= self.depth
+
+    def note_read(self) -> None:
+        """The backup is reading the current path's content (hints are worth giving)."""
+        self._last_read = self._done
 
     def paths(self, paths: Iterable[bytes]) -> Iterator[bytes]:
         if not hasattr(os, "posix_fadvise"):
             yield from paths
             return
-        feed: "queue.Queue[object]" = queue.Queue(maxsize=self.depth)
+        feed = _Feed(self.depth)
         # Not daemon threads: one blocked reading stdin at interpreter exit
         # would abort Python.  Stopped, the reader quits at its next path.
         for target, args in ((self._hint, ()), (self._take, (paths, feed))):
@@ -316,37 +329,28 @@ class ReadAhead:
             self._threads.append(thread)
         try:
             while True:
-                item = feed.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item  # reading the input failed: as if read here
-                self._done += 1
-                yield item  # type: ignore[misc]
+                for item in feed.take_all():
+                    if item is _END:
+                        return
+                    if isinstance(item, BaseException):
+                        raise item  # reading the input failed: as if read here
+                    self._done += 1
+                    yield item  # type: ignore[misc]
         finally:
             self._stop.set()
 
-    def _take(self, paths: Iterable[bytes], feed: "queue.Queue[object]") -> None:
+    def _take(self, paths: Iterable[bytes], feed: "_Feed") -> None:
         try:
             for index, path in enumerate(paths):
-                self._hints.put((index, path))
-                if not self._offer(feed, path):
+                if self._reading:
+                    self._hints.put((index, path))
+                if not feed.put(path, self._stop):
                     return
         except BaseException as exc:  # handed to the consumer
-            self._offer(feed, exc)
+            feed.put(exc, self._stop)
         finally:
             self._hints.put(None)
-            self._offer(feed, _END)
-
-    def _offer(self, feed: "queue.Queue[object]", item: object) -> bool:
-        """Put item in the feed unless the consumer has gone; False if it has."""
-        while not self._stop.is_set():
-            try:
-                feed.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+            feed.put(_END, self._stop)
 
     def _hint(self) -> None:
         flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) \
@@ -356,8 +360,8 @@ class ReadAhead:
             if item is None:
                 return
             index, path = item
-            if index < self._done:
-                continue  # the backup got there first
+            if index < self._done or not self._reading:
+                continue  # the backup got there first, or reads nothing
             try:
                 st = os.lstat(path)
                 if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
@@ -376,3 +380,39 @@ class ReadAhead:
 
 
 _END = object()
+
+
+class _Feed:
+    """Paths from the input thread to the backup: at most ``limit`` waiting.
+
+    The backup takes all that wait at once (a queue operation per path
+    would cost as much as comparing an unchanged file), while the input
+    thread hands each path over the moment it has it: a slow find is
+    followed path by path.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._items: Deque[object] = collections.deque()
+        self._limit = limit
+        self._changed = threading.Condition()
+
+    def put(self, item: object, stop: threading.Event) -> bool:
+        """Hand ``item`` over; False if ``stop`` was set while waiting for room."""
+        with self._changed:
+            while len(self._items) >= self._limit:
+                if stop.is_set():
+                    return False
+                self._changed.wait(0.1)
+            self._items.append(item)
+            self._changed.notify()
+        return True
+
+    def take_all(self) -> List[object]:
+        """Everything handed over and not yet taken, waiting for at least one item."""
+        with self._changed:
+            while not self._items:
+                self._changed.wait()
+            items = list(self._items)
+            self._items.clear()
+            self._changed.notify()
+        return items

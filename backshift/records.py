@@ -259,6 +259,85 @@ def record_header() -> bytes:
 
 def iter_entries(record: bytes) -> Iterator[Entry]:
     """Entries of a complete directory record, in stored order."""
+    offset = _check_header(record)
+    while offset < len(record):
+        entry, offset = decode_entry(record, offset)
+        yield entry
+
+
+class RawEntry:
+    """An entry of a stored record, its fixed fields parsed and the rest left encoded.
+
+    Comparing an unchanged tree with an earlier backup needs little more
+    than the times, size and inode of each entry; an entry found unchanged
+    is copied as the bytes it was (``raw``), never decoded and re-encoded.
+    """
+
+    __slots__ = ("buf", "start", "end", "name", "kind", "flags", "mode", "uid", "gid",
+                 "mtime_ns", "ctime_ns", "ino", "size", "nlink")
+
+    def __init__(self, buf: bytes, start: int) -> None:
+        try:
+            (total, kind, self.flags, _reserved, self.mode, self.uid, self.gid, self.mtime_ns,
+             self.ctime_ns, self.ino, self.size, self.nlink, _major, _minor) = \
+                _FIXED.unpack_from(buf, start)
+            pos = start + _FIXED.size
+            (length,) = _LEN.unpack_from(buf, pos)
+        except struct.error as exc:
+            raise RecordError("truncated entry header at offset %d" % start) from exc
+        self.buf = buf
+        self.start = start
+        self.end = start + total
+        if total < _FIXED.size + 6 * _LEN.size or self.end > len(buf) \
+                or pos + 4 + length > self.end:
+            raise RecordError("entry at offset %d claims %d bytes" % (start, total))
+        self.kind = bytes((kind,))
+        self.name = bytes(buf[pos + 4:pos + 4 + length])
+
+    def raw(self) -> bytes:
+        return bytes(self.buf[self.start:self.end])
+
+    def decode(self) -> Entry:
+        return decode_entry(self.buf, self.start)[0]
+
+    def _fields(self, count: int) -> List[bytes]:
+        """The first ``count`` variable fields (name, uname, gname, target, data, extras)."""
+        fields = []
+        pos = self.start + _FIXED.size
+        for _ in range(count):
+            (length,) = _LEN.unpack_from(self.buf, pos)
+            pos += 4
+            if pos + length > self.end:
+                raise RecordError("field overruns entry %r" % self.name)
+            fields.append(bytes(self.buf[pos:pos + length]))
+            pos += length
+        return fields
+
+    def owners_and_digests(self) -> Tuple[bytes, bytes, List[bytes]]:
+        """User name, group name, and the digests of the objects the entry names."""
+        _name, uname, gname, _target, data = self._fields(5)
+        if self.flags & FLAG_INLINE:
+            digests = []
+        elif self.flags & FLAG_PACKED:
+            if len(data) != _PACKREF.size:
+                raise RecordError("pack reference of %r is %d bytes" % (self.name, len(data)))
+            digests = [data[4:36]]
+        else:
+            digests = [digest for digest, _length in decode_chunks(data)]
+        return uname, gname, digests
+
+
+def scan_entries(record: bytes) -> Iterator[RawEntry]:
+    """Entries of a complete directory record, parsed only as far as RawEntry does."""
+    offset = _check_header(record)
+    while offset < len(record):
+        entry = RawEntry(record, offset)
+        yield entry
+        offset = entry.end
+
+
+def _check_header(record: bytes) -> int:
+    """Check a record's header; return the offset of its first entry."""
     if len(record) < RECORD_HEADER.size:
         raise RecordError("directory record too short")
     magic, version = RECORD_HEADER.unpack_from(record, 0)
@@ -266,7 +345,4 @@ def iter_entries(record: bytes) -> Iterator[Entry]:
         raise RecordError("not a directory record (magic %r)" % magic)
     if version != RECORD_VERSION:
         raise RecordError("directory record version %d is not supported" % version)
-    offset = RECORD_HEADER.size
-    while offset < len(record):
-        entry, offset = decode_entry(record, offset)
-        yield entry
+    return RECORD_HEADER.size

@@ -40,60 +40,64 @@ def _reason(exc: OSError) -> str:
 
 
 class ParentCache:
-    """Holds an open, verified descriptor of the directory last used.
+    """Holds open, verified descriptors of the directories on the current path.
 
-    Files arrive in find order, so consecutive paths usually share a parent;
-    keeping its descriptor avoids re-walking every component per file.
+    Files arrive in find order, so consecutive paths share a parent, and
+    the next directory is a child of one of the current directory's
+    ancestors: keeping their descriptors means each directory is opened
+    once, descending from its verified parent, never re-walked from the top.
     """
 
+    # Descriptors held at most (deeper trees reopen the middle of the chain).
+    MAX_HELD = 64
+
     def __init__(self) -> None:
-        self._path: Optional[bytes] = None
-        self._fd: Optional[int] = None
+        self._chain: List[Tuple[bytes, int]] = []  # (path, fd), ancestors first
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd = None
-        self._path = None
+        for _path, fd in self._chain:
+            os.close(fd)
+        self._chain = []
 
     def parent_fd(self, directory: bytes) -> int:
         """A descriptor for ``directory`` reached without following any symlink."""
-        if directory == self._path and self._fd is not None:
-            return self._fd
-        if self._fd is not None and self._path is not None:
-            prefix = self._path if self._path.endswith(b"/") else self._path + b"/"
-            if directory.startswith(prefix):
-                # find order descends one level at a time: continue the walk
-                # from the directory already verified instead of from the top.
-                fd = _walk_nofollow(os.dup(self._fd), directory[len(prefix):])
-                self.close()
-                self._path, self._fd = directory, fd
-                return fd
-        fd = open_directory_nofollow(directory)
-        self.close()
-        self._path, self._fd = directory, fd
-        return fd
-
-
-def open_directory_nofollow(directory: bytes) -> int:
-    """Open a directory walking each component with O_NOFOLLOW."""
-    start = b"/" if directory.startswith(b"/") else b"."
-    return _walk_nofollow(os.open(start, _DIR_FLAGS), directory)
-
-
-def _walk_nofollow(fd: int, relative: bytes) -> int:
-    """Descend from the open directory ``fd`` (consumed) through ``relative``."""
-    try:
-        for component in relative.split(b"/"):
+        chain = self._chain
+        if chain and chain[-1][0] == directory:
+            return chain[-1][1]
+        while chain and not _is_within(directory, chain[-1][0]):
+            os.close(chain.pop()[1])
+        if not chain:
+            start = b"/" if directory.startswith(b"/") else b"."
+            chain.append((start, os.open(start, _DIR_FLAGS)))
+            if directory == start:
+                return chain[-1][1]
+        base, fd = chain[-1]
+        path = base
+        rest = directory if base == b"." else directory[len(base):]
+        for component in rest.split(b"/"):
             if component in (b"", b"."):
                 continue
-            next_fd = os.open(component, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = next_fd
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
+            fd = os.open(component, _DIR_FLAGS, dir_fd=fd)
+            if path == b".":
+                path = component
+            else:
+                path = path + component if path.endswith(b"/") else path + b"/" + component
+            chain.append((path, fd))
+            if len(chain) > self.MAX_HELD:
+                os.close(chain.pop(1)[1])
+        if path != directory:
+            chain.append((directory, os.dup(fd)))  # the same directory, spelled otherwise
+        return chain[-1][1]
+
+
+def _is_within(directory: bytes, ancestor: bytes) -> bool:
+    """Is ``directory`` the path ``ancestor`` or below it (as spelled)?"""
+    if directory == ancestor:
+        return True
+    if ancestor == b".":
+        return not directory.startswith(b"/")
+    prefix = ancestor if ancestor.endswith(b"/") else ancestor + b"/"
+    return directory.startswith(prefix)
 
 
 def split_parent(path: bytes) -> Tuple[bytes, bytes]:

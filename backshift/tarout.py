@@ -46,6 +46,10 @@ BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
 # Entries held back while their chunks are fetched ahead (pipeline.Prefetcher).
 LOOKAHEAD_ENTRIES = 256
+# Packs kept decompressed while writing: the files of a directory come from
+# a few packs, unchanged ones from earlier backups' packs, new ones from
+# this backup's; a pack evicted too early is decompressed again.
+PACKS_CACHED = 8
 _TYPES = {KIND_FILE: tarfile.REGTYPE, KIND_DIR: tarfile.DIRTYPE, KIND_SYMLINK: tarfile.SYMTYPE,
           KIND_HARDLINK: tarfile.LNKTYPE, KIND_FIFO: tarfile.FIFOTYPE,
           KIND_CHAR: tarfile.CHRTYPE, KIND_BLOCK: tarfile.BLKTYPE}
@@ -185,8 +189,8 @@ class TarWriter:
         # to a target outside the stream was written with its data instead.
         self._link_targets: Set[bytes] = set()
         self._link_moved: Dict[bytes, bytes] = {}
-        # The last pack read: the small files of a directory share a few.
-        self._pack: Tuple[bytes, bytes] = (b"", b"")
+        # Packs recently read (PackCache): the small files of a directory share a few.
+        self._packs = PackCache(PACKS_CACHED)
 
     def _write(self, data: bytes) -> None:
         self.out.write(data)
@@ -427,13 +431,15 @@ class TarWriter:
     def _packed(self, path: bytes, entry: Entry) -> bytes:
         """A packed file's content, or b"" if its pack is damaged (reported)."""
         (digest, _length), = entry.chunks
-        if self._pack[0] != digest:
+        pack = self._packs.get(digest)
+        if pack is None:
             try:
-                self._pack = (digest, self.fetch(digest))
+                pack = self.fetch(digest)
             except ObjectError as exc:
                 self._damage(path, exc.reason + " (pack %s)" % digest.hex())
                 return b""
-        return self._pack[1][entry.offset:entry.offset + entry.size]
+            self._packs.put(digest, pack)
+        return pack[entry.offset:entry.offset + entry.size]
 
     def _write_zeros(self, count: int) -> None:
         step = 1 << 20
@@ -500,7 +506,10 @@ def produce_tar(reader: TreeReader, root: Sequence[ChunkRef], start: bytes, writ
     fetcher = Prefetcher(writer.objects)
     writer.fetch = fetcher.get
     ahead: Deque[Tuple[bytes, Entry]] = collections.deque()
-    last_pack = b""  # announced once for a run of files in the same pack, as read
+    # Which packs the writer will find in its cache: those are not fetched
+    # again.  Fed the same sequence of packs, this copy of the writer's
+    # PackCache (without the contents) stays in step with it.
+    planned = PackCache(PACKS_CACHED)
     records = ReadAheadTreeReader(reader.objects)  # directory records, read ahead too
     try:
         # A damaged directory record costs only what is below it: reported like
@@ -510,9 +519,9 @@ def produce_tar(reader: TreeReader, root: Sequence[ChunkRef], start: bytes, writ
             if entry.flags & FLAG_PARTIAL:
                 continue  # a checkpoint's prefix of a file still being read: not a file
             if entry.kind == KIND_FILE and entry.flags & FLAG_PACKED:
-                if entry.chunks[0][0] != last_pack:
+                if planned.get(entry.chunks[0][0]) is None:
                     fetcher.want(entry.chunks)
-                    last_pack = entry.chunks[0][0]
+                    planned.put(entry.chunks[0][0], b"")
             elif entry.kind == KIND_FILE and not entry.flags & FLAG_INLINE:
                 fetcher.want(entry.chunks)
             ahead.append((path, entry))
@@ -525,6 +534,25 @@ def produce_tar(reader: TreeReader, root: Sequence[ChunkRef], start: bytes, writ
         records.close()
         writer.fetch = writer.objects.get
     writer.close()
+
+
+class PackCache:
+    """The most recently used packs' contents, by digest (least recently used dropped)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._packs: "collections.OrderedDict[bytes, bytes]" = collections.OrderedDict()
+
+    def get(self, digest: bytes) -> Optional[bytes]:
+        pack = self._packs.get(digest)
+        if pack is not None:
+            self._packs.move_to_end(digest)
+        return pack
+
+    def put(self, digest: bytes, pack: bytes) -> None:
+        self._packs[digest] = pack
+        if len(self._packs) > self.capacity:
+            self._packs.popitem(last=False)
 
 
 def mode_string(entry: Entry) -> str:

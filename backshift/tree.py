@@ -7,12 +7,12 @@ directory may appear in its parent more than once (fragments, when the input
 was not in find order); walking merges them.
 """
 
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .chunking import Chunker
 from .compression import Compressor
 from .objectstore import ObjectError, ObjectStore
-from .records import (FLAG_IMPLICIT, KIND_DIR, ChunkRef, Entry, RecordError, encode_entry,
+from .records import (FLAG_IMPLICIT, FLAG_INLINE, KIND_DIR, ChunkRef, Entry, RecordError, encode_entry,
                       iter_entries, record_header)
 
 # on_damage(directory path, reason): a directory record that cannot be read.
@@ -44,7 +44,17 @@ class TreeReader:
         return b"".join(self.objects.get(digest) for digest, _length in chunks)
 
     def entries(self, chunks: Sequence[ChunkRef]) -> Iterator[Entry]:
-        return iter_entries(self.read_record(chunks))
+        return self.parse(self.read_record(chunks))
+
+    def dir_entries(self, directory: Entry) -> Iterator[Entry]:
+        """Entries of a directory, whose record is inline in its entry or in chunks."""
+        if directory.flags & FLAG_INLINE:
+            return self.parse(directory.inline or b"")
+        return self.entries(directory.chunks)
+
+    def parse(self, record: bytes) -> Iterator[Entry]:
+        """Entries of a record's bytes (a hook for readers that look ahead)."""
+        return iter_entries(record)
 
     def root_entries(self, root: Sequence[ChunkRef]) -> List[Entry]:
         """The root directory entry (normally one) of a backup's top record."""
@@ -58,7 +68,7 @@ class TreeReader:
             for directory in current:
                 if directory.kind != KIND_DIR:
                     continue
-                found.extend(entry for entry in self.entries(directory.chunks)
+                found.extend(entry for entry in self.dir_entries(directory)
                              if entry.name == name)
             current = found
             if not current:
@@ -91,7 +101,7 @@ class TreeReader:
             # Depth-first with an explicit stack of record iterators keeps
             # deep trees off the Python call stack.
             stack: List[Tuple[bytes, Iterator[Entry]]] = []
-            self._push(stack, path, entry.chunks, on_damage)
+            self._push(stack, path, entry, on_damage)
             while stack:
                 parent, children = stack[-1]
                 try:
@@ -109,12 +119,12 @@ class TreeReader:
                 if include_implicit or not child.flags & FLAG_IMPLICIT:
                     yield child_path, child
                 if child.kind == KIND_DIR and recursive:
-                    self._push(stack, child_path, child.chunks, on_damage)
+                    self._push(stack, child_path, child, on_damage)
 
     def _push(self, stack: List[Tuple[bytes, Iterator[Entry]]], path: bytes,
-              chunks: Sequence[ChunkRef], on_damage: Optional[DamageHandler]) -> None:
+              directory: Entry, on_damage: Optional[DamageHandler]) -> None:
         try:
-            stack.append((path, self.entries(chunks)))
+            stack.append((path, self.dir_entries(directory)))
         except ObjectError as exc:
             if on_damage is None:
                 raise
@@ -139,8 +149,9 @@ class RecordWriter:
         self.chunks: List[ChunkRef] = []
         self.count = 0
 
-    def add(self, entry: Entry) -> None:
-        self._buffer += encode_entry(entry)
+    def add(self, entry: Union[Entry, bytes]) -> None:
+        """Add an entry, or an entry already encoded (bytes of a stored record)."""
+        self._buffer += entry if isinstance(entry, bytes) else encode_entry(entry)
         self.count += 1
         if len(self._buffer) >= self._flush_at:
             pieces = self._chunker.split(bytes(self._buffer))
@@ -149,8 +160,20 @@ class RecordWriter:
                 self._store(piece)
             self._buffer = bytearray(pieces[-1])
 
+    def add_all(self, entries: Sequence[Union[Entry, bytes]]) -> None:
+        for entry in entries:
+            self.add(entry)
+
     def _store(self, piece: bytes) -> None:
         self.chunks.append((self._objects.put(piece, self._compressor), len(piece)))
+
+    def finish_small(self, limit: int) -> Optional[bytes]:
+        """The whole record, not stored, if it is at most ``limit`` bytes; else None."""
+        if self.chunks or len(self._buffer) > limit:
+            return None
+        record = bytes(self._buffer)
+        self._buffer = bytearray()
+        return record
 
     def finish(self) -> List[ChunkRef]:
         """Store the rest; return the record's chunk list."""

@@ -171,3 +171,10 @@ def read_record(savedir: str, backup_id: str) -> dict:
     import json
     with open(os.path.join(savedir, "backups", backup_id), "rb") as handle:
         return json.loads(handle.read().decode("utf-8"))
+
+
+def outgrow_inline_record(directory: str, files: int = 80) -> None:
+    """Add empty files until ``directory``'s record is too big to be held in its
+    parent's (backup.DIR_INLINE_MAX): it then gets objects of its own."""
+    for number in range(files):
+        open(os.path.join(directory, "filler-%03d" % number), "wb").close()

@@ -29,6 +29,7 @@ def damaged(tmp_path, savedir):
     (src / "docs" / "text.txt").write_bytes(b"".join(b"line %d\n" % n for n in range(60000)))
     (src / "docs" / "deep" / "small").write_bytes(b"inline content")
     (src / "docs" / "deep" / "medium.bin").write_bytes(os.urandom(100000))
+    helpers.outgrow_inline_record(str(src / "docs" / "deep"))
     first = helpers.backup(savedir, "src", cwd=str(tmp_path))
     (src / "other.bin").write_bytes(os.urandom(50000))
     second = helpers.backup(savedir, "src", cwd=str(tmp_path))

@@ -285,6 +285,7 @@ def test_expire_removes_nothing_while_a_remaining_backup_is_damaged(tmp_path, sa
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     (src / "sub" / "file.bin").write_bytes(os.urandom(MIB))
+    helpers.outgrow_inline_record(str(src / "sub"))
     (src / "old.bin").write_bytes(os.urandom(MIB))
     helpers.backup(savedir, "src", cwd=str(tmp_path))
     (src / "old.bin").unlink()
