@@ -33,16 +33,16 @@ from .pipeline import ReadAhead, RecordCache, StorePipeline
 from .records import (FLAG_IMPLICIT, FLAG_INLINE, FLAG_PARTIAL, KIND_BLOCK, KIND_CHAR,
                       KIND_DIR, KIND_FIFO, KIND_FILE, KIND_HARDLINK, KIND_SYMLINK, ChunkRef,
                       Entry)
-from .packing import Packer
-from .records import (FLAG_PACKED, FLAG_SPARSE, SPARSE_KEY, XATTR_PREFIX, RawEntry,
-                      RecordError, encode_extents, scan_entries)
+from .packing import Packer, content_digest
+from .records import (FLAG_PACKED, FLAG_SPARSE, PACKREF_SIZE, SPARSE_KEY, XATTR_PREFIX,
+                      RawEntry, RecordError, encode_extents, scan_entries)
 from .savedir import SaveDir
 from .sourcefs import SourceError, SourceFile, SourceTree, device_numbers
 from .tree import RecordWriter, TreeReader, split_path, store_top_record
 
 # Files up to this size are stored inside their entry: a pack reference
 # would take as many bytes.
-INLINE_MAX = 40
+INLINE_MAX = PACKREF_SIZE
 # Files up to this size go into packs (packing.py) instead of objects of
 # their own: most files on a real system are this small, and an object each
 # would cost a file, a 4 KiB block and an fsync apiece and compress poorly.
@@ -228,8 +228,9 @@ class Backup:
         # map holds only files whose links are still ahead.
         self.hardlinks: Dict[Tuple[int, int], Tuple[bytes, Entry, int]] = {}
         self.last_checkpoint = time.monotonic()
-        # The entry whose extended attributes came from an earlier backup.
-        self._xattrs_reused: Optional[Entry] = None
+        # The entry whose extended attributes are already in it (taken from
+        # an earlier backup, or read through the file's open descriptor).
+        self._xattrs_done: Optional[Entry] = None
 
     # -- earlier backups -------------------------------------------------
 
@@ -435,7 +436,7 @@ class Backup:
             return
         if entry is None:
             return
-        if entry is not self._xattrs_reused:
+        if entry is not self._xattrs_done:
             self._add_xattrs(path, entry)
         self._add_entry(self.stack[-1], entry)
         self.record.files += 1
@@ -513,7 +514,15 @@ class Backup:
 
     def _add_xattrs(self, path: bytes, entry: Entry) -> None:
         """Keep the extended attributes (and so the POSIX ACLs) of ``path`` in ``entry``."""
-        found, problem = self.source.xattrs(path)
+        self._keep_xattrs(path, entry, *self.source.xattrs(path))
+
+    def _add_xattrs_of(self, path: bytes, entry: Entry, source: SourceFile) -> None:
+        """The same for a file being read, through its descriptor (a path lookup less)."""
+        self._keep_xattrs(path, entry, *source.xattrs())
+        self._xattrs_done = entry
+
+    def _keep_xattrs(self, path: bytes, entry: Entry, found: Dict[bytes, bytes],
+                     problem: Optional[str]) -> None:
         for attribute, value in found.items():
             entry.extras[XATTR_PREFIX + attribute] = value
         if problem:
@@ -599,13 +608,13 @@ class Backup:
                 continue  # expired meanwhile: try another, else read the file again
             entry.flags |= candidate.flags & (FLAG_INLINE | FLAG_SPARSE | FLAG_PACKED)
             entry.inline, entry.chunks = candidate.inline, list(candidate.chunks)
-            entry.offset = candidate.offset
+            entry.offset, entry.content_digest = candidate.offset, candidate.content_digest
             _copy_sparse_map(candidate, entry)
             # Setting an extended attribute changes the ctime, so equal
             # ctimes mean equal attributes: take them, skip listxattr.
             entry.extras.update((key, value) for key, value in candidate.extras.items()
                                 if key.startswith(XATTR_PREFIX))
-            self._xattrs_reused = entry
+            self._xattrs_done = entry
             entry.size = candidate.size
             self.record.files_reused += 1
             self.record.bytes_reused += entry.size
@@ -622,6 +631,7 @@ class Backup:
     def _read_content(self, path: bytes, entry: Entry, st: os.stat_result) -> None:
         self.readahead.note_read()
         with self.source.open_file(path, st) as source:
+            self._add_xattrs_of(path, entry, source)
             if st.st_size <= self.options.pack_file_max:
                 head = source.read(self.options.pack_file_max + 1)
                 if len(head) <= self.options.pack_file_max:
@@ -630,10 +640,7 @@ class Backup:
                         entry.flags |= FLAG_INLINE
                         entry.inline = head
                     else:
-                        # Pending until the pack is cut, which may be in add().
-                        self.unresolved.add(id(entry))
-                        if self.packer.add(entry, head):
-                            self.unresolved.discard(id(entry))
+                        self._pack(entry, head)
                     self._check_unchanged(path, source)
                     return
                 entry.chunks = self._store_stream(entry, _prefixed(head, source.read))
@@ -655,6 +662,28 @@ class Backup:
             if not entry.flags & FLAG_SPARSE:
                 entry.size = sum(length for _, length in entry.chunks)
             self._check_unchanged(path, source)
+
+    def _pack(self, entry: Entry, content: bytes) -> None:
+        """Store a small file's content in a pack, or point at an earlier copy of it.
+
+        A file read again although an earlier backup has it (its times were
+        too recent to trust, say) keeps that backup's reference if the
+        content is the same: packing it anew would store it twice.
+        """
+        key = content_digest(content)
+        previous = self.stack[-1].previous
+        for earlier, _started_ns in previous.get(entry.name) if previous else ():
+            if (earlier.flags & FLAG_PACKED and earlier.content_digest == key
+                    and earlier.size == len(content) and earlier.chunks
+                    and self.objects.touch(earlier.chunks[0][0])):
+                entry.flags |= FLAG_PACKED
+                entry.chunks, entry.offset = list(earlier.chunks), earlier.offset
+                entry.content_digest = key
+                return
+        # Pending until the pack is cut, which may happen in add().
+        self.unresolved.add(id(entry))
+        if self.packer.add(entry, content, key):
+            self.unresolved.discard(id(entry))
 
     def _check_unchanged(self, path: bytes, source: SourceFile) -> None:
         if source.changed_while_read():

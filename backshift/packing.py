@@ -31,6 +31,11 @@ from .compression import Compressor
 from .records import FLAG_PACKED, ChunkRef, Entry
 
 
+def content_digest(content: bytes) -> bytes:
+    """The digest a packed file's entry carries (FORMAT.md, "Packs")."""
+    return hashlib.blake2b(content, digest_size=16).digest()
+
+
 class PackParams:
     """Where packs are cut.
 
@@ -80,14 +85,17 @@ class Packer:
         """Are some entries waiting for the open pack to be cut?"""
         return bool(self._pending)
 
-    def add(self, entry: Entry, content: bytes) -> bool:
+    def add(self, entry: Entry, content: bytes, key: Optional[bytes] = None) -> bool:
         """Pack ``content`` as ``entry``'s; True if the entry's reference is already final.
 
-        False means the entry is pending until the next cut (which may
-        happen within this call, before it returns).
+        ``key`` is content_digest(content), if the caller has it.  False
+        means the entry is pending until the next cut (which may happen
+        within this call, before it returns).
         """
         entry.flags |= FLAG_PACKED
-        key = hashlib.blake2b(content, digest_size=16).digest()
+        if key is None:
+            key = content_digest(content)
+        entry.content_digest = key
         known = self._known.get(key)
         if known is not None:
             ref, offset = known
@@ -112,6 +120,7 @@ class Packer:
     def share(self, first: Entry, entry: Entry) -> bool:
         """Give ``entry`` (a hard link) the content reference of ``first``, pending or not."""
         entry.flags |= FLAG_PACKED
+        entry.content_digest = first.content_digest
         for pending, offset in self._pending:
             if pending is first:
                 self._pending.append((entry, offset))

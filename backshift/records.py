@@ -22,8 +22,8 @@ One entry::
     name, uname, gname, target, data, extras
 
 ``data`` is the file content itself when INLINE is set; when PACKED, a
-reference into a pack (u32 offset, then one chunk list item naming the
-pack); otherwise a chunk list: 36-byte items of a 32-byte digest and a u32
+reference into a pack (u32 offset, one chunk list item naming the pack,
+and the file content's 16-byte BLAKE2b digest); otherwise a chunk list: 36-byte items of a 32-byte digest and a u32
 length.  For a directory
 it is the chunk list of the child directory's own record.  ``extras`` holds
 optional key/value pairs (u16 key length, key, u32 value length, value),
@@ -62,7 +62,9 @@ SPARSE_KEY = b"sparse"    # data extents of a SPARSE file (encode_extents)
 _FIXED = struct.Struct("<IBBHIIIqqQQIII")
 _LEN = struct.Struct("<I")
 _CHUNK = struct.Struct("<32sI")
-_PACKREF = struct.Struct("<I32sI")  # offset in the pack, pack digest, pack length
+# offset in the pack, pack digest, pack length, digest of the file's content
+_PACKREF = struct.Struct("<I32sI16s")
+PACKREF_SIZE = _PACKREF.size
 _KEYLEN = struct.Struct("<H")
 
 ChunkRef = Tuple[bytes, int]  # (32-byte digest, uncompressed length)
@@ -77,7 +79,7 @@ class Entry:
 
     __slots__ = ("name", "kind", "flags", "mode", "uid", "gid", "mtime_ns", "ctime_ns",
                  "ino", "size", "nlink", "rdev_major", "rdev_minor", "uname", "gname",
-                 "target", "inline", "chunks", "offset", "extras")
+                 "target", "inline", "chunks", "offset", "content_digest", "extras")
 
     def __init__(self, name: bytes, kind: bytes, *, flags: int = 0, mode: int = 0,
                  uid: int = 0, gid: int = 0, mtime_ns: int = 0, ctime_ns: int = 0,
@@ -85,7 +87,7 @@ class Entry:
                  rdev_minor: int = 0, uname: bytes = b"", gname: bytes = b"",
                  target: bytes = b"", inline: Optional[bytes] = None,
                  chunks: Optional[List[ChunkRef]] = None, offset: int = 0,
-                 extras: Optional[Dict[bytes, bytes]] = None) -> None:
+                 content_digest: bytes = b"", extras: Optional[Dict[bytes, bytes]] = None) -> None:
         self.name = name
         self.kind = kind
         self.flags = flags
@@ -105,6 +107,7 @@ class Entry:
         self.inline = inline
         self.chunks = chunks if chunks is not None else []
         self.offset = offset  # where a PACKED file's content starts in its pack
+        self.content_digest = content_digest  # of a PACKED file's content (16 bytes)
         self.extras = extras if extras is not None else {}
 
     def __repr__(self) -> str:
@@ -194,7 +197,9 @@ def encode_entry(entry: Entry) -> bytes:
         data = entry.inline or b""
     elif entry.flags & FLAG_PACKED:
         (pack, pack_length), = entry.chunks
-        data = _PACKREF.pack(entry.offset, pack, pack_length)
+        if len(entry.content_digest) != 16:
+            raise ValueError("packed entry %r has no 16-byte content digest" % entry.name)
+        data = _PACKREF.pack(entry.offset, pack, pack_length, entry.content_digest)
     else:
         data = encode_chunks(entry.chunks)
     extras = encode_extras(entry.extras) if entry.extras else b""
@@ -243,7 +248,7 @@ def decode_entry(buf: bytes, offset: int = 0) -> Tuple[Entry, int]:
         if len(data) != _PACKREF.size:
             raise RecordError("pack reference of %r is %d bytes, not %d"
                               % (name, len(data), _PACKREF.size))
-        entry.offset, pack, pack_length = _PACKREF.unpack(data)
+        entry.offset, pack, pack_length, entry.content_digest = _PACKREF.unpack(data)
         if entry.offset + size > pack_length:
             raise RecordError("%r: bytes %d..%d lie past the end of its pack (%d bytes)"
                               % (name, entry.offset, entry.offset + size, pack_length))

@@ -15,7 +15,7 @@ import os
 import pwd
 import stat
 import sys
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _FILE_FLAGS = (os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
@@ -164,24 +164,7 @@ class SourceTree:
                 where = b"/proc/self/fd/%d/%s" % (self._parents.parent_fd(parent), name)
             except OSError as exc:
                 return {}, "extended attributes not read: " + _reason(exc)
-        try:
-            names = os.listxattr(where, follow_symlinks=False)
-        except OSError as exc:
-            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
-                return {}, None  # the file system (or FUSE server) has none
-            return {}, "extended attributes not read: " + _reason(exc)
-        found: Dict[bytes, bytes] = {}
-        problems: List[str] = []
-        for attribute in sorted(names):
-            try:
-                found[os.fsencode(attribute)] = os.getxattr(where, attribute,
-                                                            follow_symlinks=False)
-            except OSError as exc:
-                if exc.errno != errno.ENODATA:  # removed since listed: nothing lost
-                    problems.append("%s (%s)" % (attribute, _reason(exc)))
-        if problems:
-            return found, "extended attributes not saved: " + ", ".join(problems)
-        return found, None
+        return read_xattrs(where)
 
     def open_file(self, path: bytes, expected: os.stat_result) -> "SourceFile":
         """Open a regular file that must still be the one ``expected`` describes."""
@@ -210,6 +193,30 @@ class SourceTree:
 
     def group_name(self, gid: int) -> bytes:
         return _cached_name(self._groups, gid, lambda: grp.getgrgid(gid).gr_name)
+
+
+def read_xattrs(where: Union[bytes, int]) -> Tuple[Dict[bytes, bytes], Optional[str]]:
+    """Extended attributes of a path (not followed) or an open descriptor, and any problem."""
+    if not hasattr(os, "listxattr"):
+        return {}, None
+    follow = isinstance(where, int)  # a descriptor is the file itself; a path is not followed
+    try:
+        names = os.listxattr(where, follow_symlinks=follow)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+            return {}, None  # the file system (or FUSE server) has none
+        return {}, "extended attributes not read: " + _reason(exc)
+    found: Dict[bytes, bytes] = {}
+    problems: List[str] = []
+    for attribute in sorted(names):
+        try:
+            found[os.fsencode(attribute)] = os.getxattr(where, attribute, follow_symlinks=follow)
+        except OSError as exc:
+            if exc.errno != errno.ENODATA:  # removed since listed: nothing lost
+                problems.append("%s (%s)" % (attribute, _reason(exc)))
+    if problems:
+        return found, "extended attributes not saved: " + ", ".join(problems)
+    return found, None
 
 
 def _cached_name(cache: Dict[int, bytes], number: int, lookup: Callable[[], str]) -> bytes:
@@ -249,6 +256,10 @@ class SourceFile:
         self._advised = 0
         self._on_close = on_close
         self._read_count = 0
+
+    def xattrs(self) -> Tuple[Dict[bytes, bytes], Optional[str]]:
+        """Extended attributes of the open file (cheaper than by path)."""
+        return read_xattrs(self.fd)
 
     def __enter__(self) -> "SourceFile":
         return self

@@ -315,7 +315,7 @@ def packed_entry(**changes) -> Entry:
     fields = dict(flags=FLAG_PACKED, mode=0o640, uid=1000, gid=100, mtime_ns=1_600_000_000_123_456_789,
                   ctime_ns=1_600_000_001_987_654_321, ino=4242, size=5000, nlink=2, uname=b"someone",
                   gname=b"users", chunks=[(bytes(range(32)), 70_000)], offset=65_000,
-                  extras={b"xattr.user.note": b"kept"})
+                  content_digest=bytes(range(100, 116)), extras={b"xattr.user.note": b"kept"})
     fields.update(changes)
     return Entry(b"small.txt", KIND_FILE, **fields)
 
@@ -328,9 +328,9 @@ def test_packed_entry_round_trips():
     for field in Entry.__slots__:
         assert getattr(decoded, field) == getattr(entry, field), field
     assert decoded.stored_length() == 5000
-    # The data field is the 40-byte pack reference FORMAT.md describes.
-    assert bytes(range(32)) + (70_000).to_bytes(4, "little") in encoded
-    assert (65_000).to_bytes(4, "little") + bytes(range(32)) in encoded
+    # The data field is the 56-byte pack reference FORMAT.md describes.
+    assert (65_000).to_bytes(4, "little") + bytes(range(32)) + (70_000).to_bytes(4, "little") \
+        + bytes(range(100, 116)) in encoded
     link = packed_entry(target=b"src/dir/small.txt")
     link.kind = KIND_HARDLINK
     record = record_header() + encode_entry(entry) + encode_entry(link)
@@ -349,7 +349,7 @@ def test_packed_reference_must_lie_within_its_pack():
 
 
 def test_packed_reference_of_the_wrong_length_is_rejected():
-    for data_length in (39, 41, 36, 0):
+    for data_length in (55, 57, 40, 36, 0):
         entry = Entry(b"f", KIND_FILE, flags=FLAG_INLINE, size=10, inline=b"z" * data_length)
         encoded = bytearray(encode_entry(entry))
         assert encoded[5] == FLAG_INLINE
@@ -390,7 +390,7 @@ def make_mixed_tree(top: str) -> Dict[str, str]:
     early, late = find_order(os.path.join(top, "links"), ["p", "r"])
     early_dir = os.path.join(top, "links", early, "q" if early == "p" else "")
     late_dir = os.path.join(top, "links", late)
-    for name, size in (("empty", 0), ("one", 1), ("b40", 40), ("b41", 41),
+    for name, size in (("empty", 0), ("one", 1), ("b56", 56), ("b57", 57),
                        ("max", 64 * KIB), ("over", 64 * KIB + 1)):
         write(os.path.join(top, name), rng.randbytes(size))
     for n in range(100):
@@ -399,7 +399,7 @@ def make_mixed_tree(top: str) -> Dict[str, str]:
     for level in range(14):
         deep = os.path.join(deep, "l%d" % level)
         for n in range(3):
-            write(os.path.join(deep, "d%d" % n), rng.randbytes(rng.choice((0, 7, 40, 41, 900))))
+            write(os.path.join(deep, "d%d" % n), rng.randbytes(rng.choice((0, 7, 56, 57, 900))))
     for n in range(8):  # same contents as flat files: packed once
         with open(os.path.join(top, "flat", "f%03d" % (n * 3)), "rb") as handle:
             write(os.path.join(top, "dups", "copy%d" % n), handle.read())
@@ -407,7 +407,7 @@ def make_mixed_tree(top: str) -> Dict[str, str]:
         write(os.path.join(top, "empties", "e%d" % n), b"")
     for where in (outside, sub):
         for n in range(30):
-            write(os.path.join(top, where, "s%02d" % n), rng.randbytes(rng.randint(41, 1200)))
+            write(os.path.join(top, where, "s%02d" % n), rng.randbytes(rng.randint(57, 1200)))
         for n in range(10):
             write(os.path.join(top, where, "inner", "t%d" % n), rng.randbytes(rng.randint(0, 900)))
     write(os.path.join(top, outside, "shared-first"), rng.randbytes(1234))
@@ -468,14 +468,14 @@ def restore(savedir: str, backup_id: str, dest: str, extra=()) -> bytes:
 
 
 def assert_stored_as_format_md_says(entries: Dict[bytes, Entry], top: str) -> None:
-    """Entries of files <= 40 bytes INLINE, 41 bytes .. 64 KiB PACKED, larger chunked."""
+    """Entries of files <= 56 bytes INLINE, 57 bytes .. 64 KiB PACKED, larger chunked."""
     checked = 0
     for path, entry in entries.items():
         if entry.kind not in (KIND_FILE, KIND_HARDLINK):
             continue
         with open(os.path.join(os.path.dirname(top), os.fsdecode(path)), "rb") as handle:
             assert len(handle.read()) == entry.size, path
-        if entry.size <= 40:
+        if entry.size <= 56:
             assert entry.flags & FLAG_INLINE and not entry.flags & FLAG_PACKED, path
         elif entry.size <= 64 * KIB:
             assert entry.flags & FLAG_PACKED and not entry.flags & FLAG_INLINE, path
@@ -628,6 +628,44 @@ def test_many_small_files_few_objects_and_cheap_rebackups(savedir, tmp_path):
     assert growth < du_first / 50
     dest = str(tmp_path / "out3")
     restore(savedir, third_id, dest)
+    helpers.assert_same_tree(top, os.path.join(dest, "src"))
+
+
+def test_small_files_read_again_with_the_same_content_keep_their_pack(savedir, tmp_path):
+    """A file whose times changed (touch) is read again; its content is the
+    same, so it points at the earlier pack instead of being packed anew."""
+    top = str(tmp_path / "src")
+    make_many_small_files(top, 200, seed=50)
+    time.sleep(SETTLE_SECONDS)
+    first_id = helpers.backup(savedir, "src", cwd=str(tmp_path))
+    objects = object_digests(savedir)
+    touched = [os.path.join(top, "g%02d" % group, "file%04d" % (group + 20))
+               for group in (1, 2, 3)]
+    edited = os.path.join(top, "g04", "file0024")
+    for path in touched + [edited]:
+        os.utime(path, (time.time(), time.time() + 5))
+    with open(edited, "r+b") as handle:
+        handle.write(b"changed")
+    second_id = helpers.backup(savedir, "src", cwd=str(tmp_path))
+    second = helpers.read_record(savedir, second_id)
+    assert second["files_reused"] == 200 - 4
+    assert second["bytes_read"] == sum(os.path.getsize(path) for path in touched + [edited])
+    old, new = tree_entries(savedir, first_id), tree_entries(savedir, second_id)
+    for path in touched:
+        key = os.path.relpath(path, str(tmp_path)).encode()
+        assert (new[key].chunks, new[key].offset) == (old[key].chunks, old[key].offset)
+        assert new[key].content_digest == hashlib.blake2b(
+            open(path, "rb").read(), digest_size=16).digest()
+    edited_key = b"src/g04/file0024"
+    assert pack_of(new[edited_key]) != pack_of(old[edited_key])
+    added = object_digests(savedir) - objects
+    assert pack_of(new[edited_key]).hex() in added
+    # Only the edited file was packed: the one new pack holds just its bytes.
+    packs = {pack_of(entry) for entry in new.values() if entry.flags & FLAG_PACKED}
+    assert [digest for digest in packs if digest.hex() in added] == [pack_of(new[edited_key])]
+    assert new[edited_key].chunks[0][1] == os.path.getsize(edited)
+    dest = str(tmp_path / "out")
+    restore(savedir, second_id, dest)
     helpers.assert_same_tree(top, os.path.join(dest, "src"))
 
 
