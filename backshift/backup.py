@@ -1,6 +1,7 @@
 """How a backup runs: paths in, objects and records out.
 
     paths (find -print0) -> lstat + safe open (sourcefs) -> chunker -> object store
+                                                   (small files -> packer -> object store)
                          -> directory records (tree.RecordWriter) -> backup record (catalog)
 
 Paths are handled as they arrive.  The directories on the way from the
@@ -9,13 +10,21 @@ its entries.  When the input leaves a directory it is closed: its record is
 finished and its entry, holding the record's chunk list, goes into its
 parent.  In find order each directory is closed once and memory is bounded
 by the tree's depth; in any other order a directory left and re-entered is
-stored in fragments, which readers merge (tree.py).
+stored in fragments, which readers merge (tree.py).  Small directories'
+records are held inline in their entry.
+
+Small files' contents go into packs (packing.py).  Their entries, and so
+everything after them in their directory's record, wait until the pack is
+cut and named; so may directories already left, whose entries then wait in
+their parents.  Every cut resolves all of them at once.
 
 A file whose metadata matches an earlier backup of the same host and subset
 is not read again: its content reference is reused after confirming (and
-touching, for expiry) every object it names.  Every ``checkpoint_interval``
-seconds the tree so far is published as an unfinished backup record, so an
-interrupted backup's work is reused by the next run (seed feature 6).
+touching, for expiry) every object it names.  In the common case (one link,
+nothing changed) the earlier entry's bytes are copied as they are.  Every
+``checkpoint_interval`` seconds the tree so far is published as an
+unfinished backup record, so an interrupted backup's work is reused by the
+next run (seed feature 6).
 """
 
 import os
@@ -35,7 +44,7 @@ from .records import (FLAG_IMPLICIT, FLAG_INLINE, FLAG_PARTIAL, KIND_BLOCK, KIND
                       Entry)
 from .packing import Packer, content_digest
 from .records import (FLAG_PACKED, FLAG_SPARSE, PACKREF_SIZE, SPARSE_KEY, XATTR_PREFIX,
-                      RawEntry, RecordError, encode_extents, scan_entries)
+                      RawEntry, RecordError, encode_extents, encode_owners, scan_entries)
 from .savedir import SaveDir
 from .sourcefs import SourceError, SourceFile, SourceTree, device_numbers
 from .tree import RecordWriter, TreeReader, split_path, store_top_record
@@ -223,6 +232,7 @@ class Backup:
         self.previous_records = self._choose_previous()
         self.stack: List[OpenDir] = []
         self.open_names: List[bytes] = []  # names of stack[1:], for a quick _enter
+        self.owner_fields: Dict[Tuple[int, int], bytes] = {}  # see _owners
         # First link saved of each multiply linked file, with how many of
         # its links are still to come: forgotten once all were met, so the
         # map holds only files whose links are still ahead.
@@ -474,11 +484,10 @@ class Backup:
                     or not _settled(st, started_ns)):
                 continue
             try:
-                uname, gname, digests = earlier.owners_and_digests()
+                if not earlier.has_owners(self._owners(st.st_uid, st.st_gid)):
+                    continue
+                digests = earlier.digests()
             except RecordError:
-                continue
-            if (uname != self.source.user_name(st.st_uid)
-                    or gname != self.source.group_name(st.st_gid)):
                 continue
             if not all(self.objects.touch(digest) for digest in digests):
                 continue  # expired meanwhile: the general path decides
@@ -491,6 +500,14 @@ class Backup:
             self.reporter.file_done(path, earlier.size)
             return True
         return False
+
+    def _owners(self, uid: int, gid: int) -> bytes:
+        """The encoded user and group names an entry of this backup gets for uid, gid."""
+        owners = self.owner_fields.get((uid, gid))
+        if owners is None:
+            owners = encode_owners(self.source.user_name(uid), self.source.group_name(gid))
+            self.owner_fields[(uid, gid)] = owners
+        return owners
 
     def _reuse_dir_xattrs(self, meta: Entry, st: os.stat_result) -> bool:
         """Take a directory's extended attributes from an earlier backup if its ctime says so."""

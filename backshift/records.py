@@ -279,7 +279,7 @@ class RawEntry:
     """
 
     __slots__ = ("buf", "start", "end", "name", "kind", "flags", "mode", "uid", "gid",
-                 "mtime_ns", "ctime_ns", "ino", "size", "nlink")
+                 "mtime_ns", "ctime_ns", "ino", "size", "nlink", "_owners_at", "_owners_end")
 
     def __init__(self, buf: bytes, start: int) -> None:
         try:
@@ -288,16 +288,21 @@ class RawEntry:
                 _FIXED.unpack_from(buf, start)
             pos = start + _FIXED.size
             (length,) = _LEN.unpack_from(buf, pos)
+            owners = pos + 4 + length
+            (uname_length,) = _LEN.unpack_from(buf, owners)
+            (gname_length,) = _LEN.unpack_from(buf, owners + 4 + uname_length)
         except struct.error as exc:
-            raise RecordError("truncated entry header at offset %d" % start) from exc
+            raise RecordError("truncated entry at offset %d" % start) from exc
         self.buf = buf
         self.start = start
         self.end = start + total
+        self._owners_at = owners
+        self._owners_end = owners + 8 + uname_length + gname_length
         if total < _FIXED.size + 6 * _LEN.size or self.end > len(buf) \
-                or pos + 4 + length > self.end:
+                or self._owners_end + 8 > self.end:
             raise RecordError("entry at offset %d claims %d bytes" % (start, total))
         self.kind = bytes((kind,))
-        self.name = bytes(buf[pos + 4:pos + 4 + length])
+        self.name = bytes(buf[pos + 4:owners])
 
     def raw(self) -> bytes:
         return bytes(self.buf[self.start:self.end])
@@ -305,31 +310,31 @@ class RawEntry:
     def decode(self) -> Entry:
         return decode_entry(self.buf, self.start)[0]
 
-    def _fields(self, count: int) -> List[bytes]:
-        """The first ``count`` variable fields (name, uname, gname, target, data, extras)."""
-        fields = []
-        pos = self.start + _FIXED.size
-        for _ in range(count):
-            (length,) = _LEN.unpack_from(self.buf, pos)
-            pos += 4
-            if pos + length > self.end:
-                raise RecordError("field overruns entry %r" % self.name)
-            fields.append(bytes(self.buf[pos:pos + length]))
-            pos += length
-        return fields
+    def has_owners(self, encoded: bytes) -> bool:
+        """Are the entry's user and group names ``encode_owners(uname, gname)``?"""
+        return self.buf[self._owners_at:self._owners_end] == encoded
 
-    def owners_and_digests(self) -> Tuple[bytes, bytes, List[bytes]]:
-        """User name, group name, and the digests of the objects the entry names."""
-        _name, uname, gname, _target, data = self._fields(5)
+    def digests(self) -> List[bytes]:
+        """Digests of the objects the entry names (none for INLINE)."""
         if self.flags & FLAG_INLINE:
-            digests = []
-        elif self.flags & FLAG_PACKED:
-            if len(data) != _PACKREF.size:
-                raise RecordError("pack reference of %r is %d bytes" % (self.name, len(data)))
-            digests = [data[4:36]]
-        else:
-            digests = [digest for digest, _length in decode_chunks(data)]
-        return uname, gname, digests
+            return []
+        buf = self.buf
+        (target_length,) = _LEN.unpack_from(buf, self._owners_end)
+        data_at = self._owners_end + 4 + target_length
+        (data_length,) = _LEN.unpack_from(buf, data_at)
+        data_at += 4
+        if data_at + data_length > self.end:
+            raise RecordError("field overruns entry %r" % self.name)
+        if self.flags & FLAG_PACKED:
+            if data_length != _PACKREF.size:
+                raise RecordError("pack reference of %r is %d bytes" % (self.name, data_length))
+            return [bytes(buf[data_at + 4:data_at + 36])]
+        return [digest for digest, _length in decode_chunks(buf[data_at:data_at + data_length])]
+
+
+def encode_owners(uname: bytes, gname: bytes) -> bytes:
+    """The user and group name fields of an entry, as encoded (see RawEntry.has_owners)."""
+    return _LEN.pack(len(uname)) + uname + _LEN.pack(len(gname)) + gname
 
 
 def scan_entries(record: bytes) -> Iterator[RawEntry]:
