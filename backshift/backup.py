@@ -480,6 +480,7 @@ class Backup:
                     or earlier.mode != stat.S_IMODE(mode) or earlier.nlink != 1
                     or earlier.uid != st.st_uid or earlier.gid != st.st_gid
                     or (kind == KIND_FILE and earlier.size != st.st_size)
+                    or (kind == KIND_SYMLINK and earlier.target_length() != st.st_size)
                     or (self.options.inode_check and earlier.ino != st.st_ino)
                     or not _settled(st, started_ns)):
                 continue

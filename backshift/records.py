@@ -314,6 +314,10 @@ class RawEntry:
         """Are the entry's user and group names ``encode_owners(uname, gname)``?"""
         return self.buf[self._owners_at:self._owners_end] == encoded
 
+    def target_length(self) -> int:
+        """Length of the symlink target (or hard link path) field."""
+        return _LEN.unpack_from(self.buf, self._owners_end)[0]
+
     def digests(self) -> List[bytes]:
         """Digests of the objects the entry names (none for INLINE)."""
         if self.flags & FLAG_INLINE:

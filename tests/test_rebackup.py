@@ -193,6 +193,32 @@ def make_twins(x: str, y: str, x_data: bytes, y_data: bytes, y_mode: int = 0o644
     raise AssertionError("could not give two files the same ctime")
 
 
+def test_a_symlink_with_equal_times_but_another_target_is_read_again(savedir, tmp_path):
+    # Even without the inode check, a symlink whose target length differs
+    # from the earlier entry's is not taken from it.
+    x, y = tmp_path / "x" / "src", tmp_path / "y" / "src"
+    x.mkdir(parents=True)
+    y.mkdir(parents=True)
+    stamp = (1_600_000_000 * 10**9, 1_600_000_000 * 10**9)
+    for _attempt in range(100):
+        os.symlink("target-A", str(x / "link"))
+        os.symlink("target-BB", str(y / "link"))
+        os.utime(str(x / "link"), ns=stamp, follow_symlinks=False)
+        os.utime(str(y / "link"), ns=stamp, follow_symlinks=False)
+        if os.lstat(str(x / "link")).st_ctime_ns == os.lstat(str(y / "link")).st_ctime_ns:
+            break
+        os.unlink(str(x / "link"))
+        os.unlink(str(y / "link"))
+    else:
+        raise AssertionError("could not give two symlinks the same ctime")
+    settle()
+    helpers.backup(savedir, "src", cwd=str(tmp_path / "x"))
+    second = helpers.backup(savedir, "src", cwd=str(tmp_path / "y"), extra=["--no-inode-check"])
+    listing = helpers.run_ok(["--save-directory", savedir, "--list-backup",
+                              "--backup-id", second]).stdout
+    assert b"src/link -> target-BB" in listing, listing
+
+
 def test_a_twin_tree_with_equal_times_is_told_apart(savedir, tmp_path):
     # x/src and y/src: the same names, mtimes and (for most files) sizes
     # and ctimes.  Backed up under the same relative name "src", y's files

@@ -21,7 +21,7 @@ from backshift.records import FLAG_PARTIAL, KIND_FILE, KIND_HARDLINK
 from backshift.tree import TreeReader
 
 SETTLE_SECONDS = 2.2
-BIG = 24 * 1024 * 1024
+BIG = 48 * 1024 * 1024  # xz must still be busy with it in the third run, however fast the rest
 
 
 def make_source(top: str) -> int:
