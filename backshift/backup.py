@@ -46,7 +46,7 @@ from .packing import Packer, content_digest
 from .records import (FLAG_PACKED, FLAG_SPARSE, PACKREF_SIZE, SPARSE_KEY, XATTR_PREFIX,
                       RawEntry, RecordError, encode_extents, encode_owners, scan_entries)
 from .savedir import SaveDir
-from .sourcefs import SourceError, SourceFile, SourceTree, device_numbers
+from .sourcefs import SourceError, SourceFile, SourceTree, device_numbers, split_parent
 from .tree import RecordWriter, TreeReader, split_path, store_top_record
 
 # Files up to this size are stored inside their entry: a pack reference
@@ -104,24 +104,43 @@ class Reporter:
         """Called at the end of the backup."""
 
 
-def iter_nul_paths(stream: BinaryIO, block_size: int = 65536) -> Iterator[bytes]:
+class NulPaths:
+    """Paths from a NUL-separated byte stream (find -print0), never decoded.
+
+    Iterating gives one path at a time; ``batches`` gives, read by read,
+    the paths each read completed (pipeline.ReadAhead hands them on so).
+    """
+
+    def __init__(self, stream: BinaryIO, block_size: int = 65536) -> None:
+        self._stream = stream
+        self._block_size = block_size
+
+    def batches(self) -> Iterator[List[bytes]]:
+        pending = b""
+        # read1 returns what the pipe holds now: a slow find is followed as
+        # it goes, not waited for until a whole block has arrived.
+        read = getattr(self._stream, "read1", self._stream.read)
+        while True:
+            block = read(self._block_size)
+            if not block:
+                break
+            pending += block
+            parts = pending.split(b"\0")
+            pending = parts.pop()
+            batch = [part for part in parts if part]
+            if batch:
+                yield batch
+        if pending:
+            yield [pending]
+
+    def __iter__(self) -> Iterator[bytes]:
+        for batch in self.batches():
+            yield from batch
+
+
+def iter_nul_paths(stream: BinaryIO, block_size: int = 65536) -> NulPaths:
     """Paths from a NUL-separated byte stream (find -print0), never decoded."""
-    pending = b""
-    # read1 returns what the pipe holds now: a slow find is followed as it goes,
-    # not waited for until a whole block has arrived.
-    read = getattr(stream, "read1", stream.read)
-    while True:
-        block = read(block_size)
-        if not block:
-            break
-        pending += block
-        parts = pending.split(b"\0")
-        pending = parts.pop()
-        for part in parts:
-            if part:
-                yield part
-    if pending:
-        yield pending
+    return NulPaths(stream, block_size)
 
 
 # An entry of an earlier backup, with that backup's start time (ns since
@@ -233,6 +252,9 @@ class Backup:
         self.stack: List[OpenDir] = []
         self.open_names: List[bytes] = []  # names of stack[1:], for a quick _enter
         self.owner_fields: Dict[Tuple[int, int], bytes] = {}  # see _owners
+        # The parent (as split_parent spells it) of the last path that was
+        # not a directory, while the top of the stack is that directory.
+        self._same_parent: Optional[bytes] = None
         # First link saved of each multiply linked file, with how many of
         # its links are still to come: forgotten once all were met, so the
         # map holds only files whose links are still ahead.
@@ -413,6 +435,19 @@ class Backup:
     # -- one path ------------------------------------------------------------
 
     def _save_path(self, path: bytes) -> None:
+        parent, name = split_parent(path)
+        if parent == self._same_parent and name not in (b".", b".."):
+            # The common case, kept short: another entry of the directory
+            # the previous path was in (spelled alike, so it is that one).
+            try:
+                st = self.source.lstat_in(parent, name)
+            except SourceError as exc:
+                self.reporter.error(path, str(exc))
+                return
+            if not stat.S_ISDIR(st.st_mode):
+                self._save_entry(path, name, st)
+                return
+        self._same_parent = None
         try:
             components = split_path(path)
         except ValueError:
@@ -436,7 +471,11 @@ class Backup:
             self.reporter.error(path, "the root of a backup must be a directory; not saved")
             return
         self._enter(components[:-1])
-        name = components[-1]
+        self._same_parent = parent
+        self._save_entry(path, components[-1], st)
+
+    def _save_entry(self, path: bytes, name: bytes, st: os.stat_result) -> None:
+        """Save a path other than a directory, in the directory open on top."""
         if self._reuse_unchanged(path, name, st):
             return
         try:

@@ -334,23 +334,31 @@ class ReadAhead:
                         return
                     if isinstance(item, BaseException):
                         raise item  # reading the input failed: as if read here
-                    self._done += 1
-                    yield item  # type: ignore[misc]
+                    for path in item:  # type: ignore[attr-defined]
+                        self._done += 1
+                        yield path
         finally:
             self._stop.set()
 
     def _take(self, paths: Iterable[bytes], feed: "_Feed") -> None:
+        # Paths go over in batches where the input offers them so (NulPaths:
+        # what each read completed), else one by one.
+        batches = getattr(paths, "batches", None)
+        source = batches() if batches is not None else ([path] for path in paths)
+        index = 0
         try:
-            for index, path in enumerate(paths):
+            for batch in source:
                 if self._reading:
-                    self._hints.put((index, path))
-                if not feed.put(path, self._stop):
+                    for offset, path in enumerate(batch):
+                        self._hints.put((index + offset, path))
+                index += len(batch)
+                if not feed.put(batch, len(batch), self._stop):
                     return
         except BaseException as exc:  # handed to the consumer
-            feed.put(exc, self._stop)
+            feed.put(exc, 0, self._stop)
         finally:
             self._hints.put(None)
-            feed.put(_END, self._stop)
+            feed.put(_END, 0, self._stop)
 
     def _hint(self) -> None:
         flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) \
@@ -383,27 +391,29 @@ _END = object()
 
 
 class _Feed:
-    """Paths from the input thread to the backup: at most ``limit`` waiting.
+    """Batches of paths from the input thread to the backup, a bounded number waiting.
 
     The backup takes all that wait at once (a queue operation per path
     would cost as much as comparing an unchanged file), while the input
-    thread hands each path over the moment it has it: a slow find is
-    followed path by path.
+    thread hands paths over the moment it has them: a slow find is
+    followed path by path.  At most ``limit`` paths wait, or one batch.
     """
 
     def __init__(self, limit: int) -> None:
-        self._items: Deque[object] = collections.deque()
+        self._items: Deque[Tuple[object, int]] = collections.deque()
+        self._waiting = 0  # paths in _items
         self._limit = limit
         self._changed = threading.Condition()
 
-    def put(self, item: object, stop: threading.Event) -> bool:
-        """Hand ``item`` over; False if ``stop`` was set while waiting for room."""
+    def put(self, item: object, paths: int, stop: threading.Event) -> bool:
+        """Hand over ``item`` holding ``paths`` paths; False if ``stop`` was set meanwhile."""
         with self._changed:
-            while len(self._items) >= self._limit:
+            while self._items and self._waiting + paths > self._limit:
                 if stop.is_set():
                     return False
                 self._changed.wait(0.1)
-            self._items.append(item)
+            self._items.append((item, paths))
+            self._waiting += paths
             self._changed.notify()
         return True
 
@@ -412,7 +422,8 @@ class _Feed:
         with self._changed:
             while not self._items:
                 self._changed.wait()
-            items = list(self._items)
+            items = [item for item, _paths in self._items]
             self._items.clear()
+            self._waiting = 0
             self._changed.notify()
         return items

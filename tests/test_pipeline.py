@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from backshift.backup import NulPaths
 from backshift.compression import CompressionSpec, Compressor
 from backshift.objectstore import ObjectError, ObjectStore, digest_of
 from backshift.pipeline import Prefetcher, ReadAhead, RecordCache, StorePipeline
@@ -175,3 +176,23 @@ def test_read_ahead_does_not_delay_paths_and_passes_input_errors():
         raise OSError("input went away")
     with pytest.raises(OSError, match="input went away"):
         list(ReadAhead().paths(broken()))
+
+
+def test_nul_paths_batches_follow_the_reads_of_a_pipe():
+    """Each batch is what one read of the pipe completed: nothing waits for more input."""
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb") as reader:
+        batches = NulPaths(reader).batches()
+        os.write(write_end, b"a\0b")
+        assert next(batches) == [b"a"]           # b's end is not known yet
+        os.write(write_end, b"\0c\0d/e\0")
+        assert next(batches) == [b"b", b"c", b"d/e"]
+        os.write(write_end, b"\0\0f")            # empty names are skipped
+        os.close(write_end)
+        assert list(batches) == [[b"f"]]         # the last path needs no NUL
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"x\0y\0z")
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        paths = list(ReadAhead().paths(NulPaths(reader)))
+    assert paths == [b"x", b"y", b"z"]
