@@ -318,7 +318,8 @@ class Backup:
             self._close_top()
         for name in components[depth:]:
             parent = self.stack[-1]
-            self.stack.append(OpenDir(name, self._new_writer(), self._previous_child(parent, name)))
+            previous = self._previous_child(parent, name)
+            self.stack.append(OpenDir(name, self._new_writer(), previous))
             self.open_names.append(name)
 
     def _close_top(self) -> None:

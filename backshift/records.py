@@ -21,11 +21,11 @@ One entry::
     then six length-prefixed (u32) byte strings:
     name, uname, gname, target, data, extras
 
-``data`` is the file content itself when INLINE is set; when PACKED, a
-reference into a pack (u32 offset, one chunk list item naming the pack,
-and the file content's 16-byte BLAKE2b digest); otherwise a chunk list: 36-byte items of a 32-byte digest and a u32
-length.  For a directory
-it is the chunk list of the child directory's own record.  ``extras`` holds
+``data`` is, when INLINE is set, the file's content or the directory's
+whole record; when PACKED, a reference into a pack (u32 offset, one chunk
+list item naming the pack, and the file content's 16-byte BLAKE2b digest);
+otherwise a chunk list: 36-byte items of a 32-byte digest and a u32 length,
+for a directory the chunk list of the child directory's own record.  ``extras`` holds
 optional key/value pairs (u16 key length, key, u32 value length, value),
 keys sorted, e.g. ``xattr.user.foo`` or ``sparse``.
 

@@ -37,8 +37,8 @@ from typing import BinaryIO, Callable, Deque, Dict, Iterator, List, Optional, Se
 from .objectstore import ObjectError, ObjectStore
 from .pipeline import Prefetcher, ReadAheadTreeReader
 from .records import (FLAG_INLINE, FLAG_PACKED, FLAG_PARTIAL, FLAG_SPARSE, KIND_BLOCK,
-                      KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_HARDLINK, KIND_SYMLINK, SPARSE_KEY, XATTR_PREFIX,
-                      ChunkRef, Entry, Extent, RecordError, decode_extents)
+                      KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_HARDLINK, KIND_SYMLINK,
+                      SPARSE_KEY, XATTR_PREFIX, ChunkRef, Entry, Extent, RecordError, decode_extents)
 from .tree import TreeReader
 
 FORMATS = {"gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT, "ustar": tarfile.USTAR_FORMAT}

@@ -2,7 +2,8 @@
 
 A backup record's ``root`` is the chunk list of a *top record*: a directory
 record holding exactly one entry, named ``b""``, for the backup's root
-directory.  Each directory entry's chunk list is its own record.  A
+directory.  Each directory entry's chunk list is its own record, or the
+record itself is in the entry (INLINE, for small directories).  A
 directory may appear in its parent more than once (fragments, when the input
 was not in find order); walking merges them.
 """
@@ -12,8 +13,8 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 from .chunking import Chunker
 from .compression import Compressor
 from .objectstore import ObjectError, ObjectStore
-from .records import (FLAG_IMPLICIT, FLAG_INLINE, KIND_DIR, ChunkRef, Entry, RecordError, encode_entry,
-                      iter_entries, record_header)
+from .records import (FLAG_IMPLICIT, FLAG_INLINE, KIND_DIR, ChunkRef, Entry, RecordError,
+                      encode_entry, iter_entries, record_header)
 
 # on_damage(directory path, reason): a directory record that cannot be read.
 DamageHandler = Callable[[bytes, str], None]
