@@ -46,7 +46,7 @@ from .packing import Packer, content_digest
 from .records import (FLAG_PACKED, FLAG_SPARSE, PACKREF_SIZE, SPARSE_KEY, XATTR_PREFIX,
                       RawEntry, RecordError, encode_extents, encode_owners, scan_entries)
 from .savedir import SaveDir
-from .sourcefs import SourceError, SourceFile, SourceTree, device_numbers, split_parent
+from .sourcefs import SourceError, SourceFile, SourceTree, device_numbers
 from .tree import RecordWriter, TreeReader, split_path, store_top_record
 
 # Files up to this size are stored inside their entry: a pack reference
@@ -252,9 +252,6 @@ class Backup:
         self.stack: List[OpenDir] = []
         self.open_names: List[bytes] = []  # names of stack[1:], for a quick _enter
         self.owner_fields: Dict[Tuple[int, int], bytes] = {}  # see _owners
-        # The parent (as split_parent spells it) of the last path that was
-        # not a directory, while the top of the stack is that directory.
-        self._same_parent: Optional[bytes] = None
         # First link saved of each multiply linked file, with how many of
         # its links are still to come: forgotten once all were met, so the
         # map holds only files whose links are still ahead.
@@ -436,19 +433,6 @@ class Backup:
     # -- one path ------------------------------------------------------------
 
     def _save_path(self, path: bytes) -> None:
-        parent, name = split_parent(path)
-        if parent == self._same_parent and name not in (b".", b".."):
-            # The common case, kept short: another entry of the directory
-            # the previous path was in (spelled alike, so it is that one).
-            try:
-                st = self.source.lstat_in(parent, name)
-            except SourceError as exc:
-                self.reporter.error(path, str(exc))
-                return
-            if not stat.S_ISDIR(st.st_mode):
-                self._save_entry(path, name, st)
-                return
-        self._same_parent = None
         try:
             components = split_path(path)
         except ValueError:
@@ -472,7 +456,6 @@ class Backup:
             self.reporter.error(path, "the root of a backup must be a directory; not saved")
             return
         self._enter(components[:-1])
-        self._same_parent = parent
         self._save_entry(path, components[-1], st)
 
     def _save_entry(self, path: bytes, name: bytes, st: os.stat_result) -> None:

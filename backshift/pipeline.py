@@ -41,11 +41,11 @@ import queue
 import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .compression import Compressor
 from .objectstore import ObjectStore, digest_of
-from .records import KIND_DIR, ChunkRef, Entry
+from .records import KIND_DIR, Entry
 from .tree import TreeReader
 
 # Compression keeps every core busy; the extra threads wait in fsync (a disk

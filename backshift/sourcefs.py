@@ -134,10 +134,6 @@ class SourceTree:
                 return os.lstat(path)
             except OSError as exc:
                 raise SourceError(_reason(exc)) from None
-        return self.lstat_in(parent, name)
-
-    def lstat_in(self, parent: bytes, name: bytes) -> os.stat_result:
-        """lstat ``name`` (one component) in the directory ``parent`` (as split_parent gives)."""
         try:
             fd = self._parents.parent_fd(parent)
             return os.stat(name, dir_fd=fd, follow_symlinks=False)

@@ -399,13 +399,10 @@ class TarWriter:
     def _stored(self, path: bytes, entry: Entry, size: int) -> Iterator[bytes]:
         """Exactly ``size`` bytes of stored content, in pieces (zeros where damaged)."""
         remaining = size
-        if entry.flags & FLAG_INLINE:
-            data = (entry.inline or b"")[:remaining]
-            if data:
-                yield data
-            remaining -= len(data)
-        elif entry.flags & FLAG_PACKED:
-            data = self._packed(path, entry)[:remaining]
+        if entry.flags & (FLAG_INLINE | FLAG_PACKED):
+            whole = (entry.inline or b"") if entry.flags & FLAG_INLINE else \
+                self._packed(path, entry)
+            data = whole[:remaining]
             if data:
                 yield data
             remaining -= len(data)
