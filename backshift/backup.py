@@ -62,7 +62,7 @@ PACK_FILE_MAX = 64 * 1024
 DIR_INLINE_MAX = 4096
 # A file changed within this many ns of an earlier backup's start may have
 # changed again in the same timestamp tick after it was read: re-read it.
-TIMESTAMP_SLACK_NS = 2_000_000_000
+SETTLE_NS = 2_000_000_000
 READ_BLOCK = 4 * 1024 * 1024
 
 
@@ -72,7 +72,8 @@ class BackupOptions:
     def __init__(self, subset: str, hostname: str,
                  compression: Optional[CompressionSpec] = None,
                  checkpoint_interval: float = 60.0, inode_check: bool = True,
-                 inline_max: int = INLINE_MAX, pack_file_max: int = PACK_FILE_MAX) -> None:
+                 inline_max: int = INLINE_MAX, pack_file_max: int = PACK_FILE_MAX,
+                 settle_ns: int = SETTLE_NS) -> None:
         self.subset = subset
         self.hostname = hostname
         self.compression = compression or CompressionSpec.parse("xz")
@@ -80,6 +81,7 @@ class BackupOptions:
         self.inode_check = inode_check
         self.inline_max = inline_max
         self.pack_file_max = pack_file_max
+        self.settle_ns = settle_ns
 
 
 class Reporter:
@@ -505,7 +507,7 @@ class Backup:
                     or (kind == KIND_FILE and earlier.size != st.st_size)
                     or (kind == KIND_SYMLINK and earlier.target_length() != st.st_size)
                     or (self.options.inode_check and earlier.ino != st.st_ino)
-                    or not _settled(st, started_ns)):
+                    or not _settled(st, started_ns, self.options.settle_ns)):
                 continue
             try:
                 if not earlier.has_owners(self._owners(st.st_uid, st.st_gid)):
@@ -540,7 +542,8 @@ class Backup:
             return False
         for earlier, started_ns in previous.fragments:
             if (earlier.flags & FLAG_IMPLICIT or earlier.ctime_ns != st.st_ctime_ns
-                    or earlier.ino != st.st_ino or not _settled(st, started_ns)):
+                    or earlier.ino != st.st_ino
+                    or not _settled(st, started_ns, self.options.settle_ns)):
                 continue
             meta.extras.update((key, value) for key, value in earlier.extras.items()
                                if key.startswith(XATTR_PREFIX))
@@ -633,7 +636,7 @@ class Backup:
                 continue
             if self.options.inode_check and candidate.ino != st.st_ino:
                 continue
-            if not _settled(st, started_ns):
+            if not _settled(st, started_ns, self.options.settle_ns):
                 continue
             yield candidate
 
@@ -756,13 +759,13 @@ def _ns(record: BackupRecord) -> int:
     return int(record.started.timestamp()) * 1_000_000_000 + record.started.microsecond * 1000
 
 
-def _settled(st: os.stat_result, started_ns: int) -> bool:
+def _settled(st: os.stat_result, started_ns: int, settle_ns: int) -> bool:
     """Was the file last changed safely before an earlier backup began?
 
     That backup read the file after it started; a change in the same
     timestamp tick after that read would leave size and times as they were.
     """
-    return max(st.st_mtime_ns, st.st_ctime_ns) < started_ns - TIMESTAMP_SLACK_NS
+    return max(st.st_mtime_ns, st.st_ctime_ns) < started_ns - settle_ns
 
 
 def _prefixed(head: bytes, read: Callable[[int], bytes]) -> Callable[[int], bytes]:

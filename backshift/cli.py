@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(for sshfs and other file systems with unstable inodes)")
     backup.add_argument("--checkpoint-interval", metavar="SECONDS", type=float, default=60.0,
                         help="publish an unfinished backup record this often (default 60)")
+    backup.add_argument("--settle-time", metavar="SECONDS", type=float, default=2.0,
+                        help="trust an earlier backup's copy of a file only if the file last "
+                             "changed this long before that backup began (default 2; more "
+                             "for file systems with coarse timestamps)")
     backup.add_argument("--no-fsync", action="store_true",
                         help="do not flush objects to disk (faster; unsafe on power loss)")
     restore = parser.add_argument_group("listing and restoring")
@@ -327,6 +331,8 @@ def _backup(args: argparse.Namespace, savedir: SaveDir, hostname: str, stdin: Bi
         raise UsageError("--compression: %s" % exc) from None
     if args.checkpoint_interval <= 0:
         raise UsageError("--checkpoint-interval must be positive")
+    if args.settle_time < 0:
+        raise UsageError("--settle-time must not be negative")
     level = args.progress_report
     if level is None:
         level = "full" if stderr.isatty() and not args.no_stats else "none"
@@ -338,7 +344,8 @@ def _backup(args: argparse.Namespace, savedir: SaveDir, hostname: str, stdin: Bi
         paths = reporter.inhale(paths)  # type: ignore[attr-defined]
     options = BackupOptions(args.subset, hostname, compression,
                             checkpoint_interval=args.checkpoint_interval,
-                            inode_check=not args.no_inode_check)
+                            inode_check=not args.no_inode_check,
+                            settle_ns=int(args.settle_time * 1e9))
     record = Backup(savedir, options, reporter).run(paths)
     if level != "none":
         stderr.write("backshift: backup %s complete: %d files, %d bytes, %d errors\n"
