@@ -45,6 +45,7 @@ from .records import (FLAG_IMPLICIT, FLAG_INLINE, FLAG_PARTIAL, KIND_BLOCK, KIND
 from .packing import Packer, content_digest
 from .records import (FLAG_PACKED, FLAG_SPARSE, PACKREF_SIZE, SPARSE_KEY, XATTR_PREFIX,
                       RawEntry, RecordError, encode_extents, encode_owners, scan_entries)
+from .report import Reporter
 from .savedir import SaveDir
 from .sourcefs import SourceError, SourceFile, SourceTree, device_numbers
 from .tree import RecordWriter, TreeReader, split_path, store_top_record
@@ -82,28 +83,6 @@ class BackupOptions:
         self.inline_max = inline_max
         self.pack_file_max = pack_file_max
         self.settle_ns = settle_ns
-
-
-class Reporter:
-    """Where a backup says what went wrong, and the hook for progress."""
-
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
-        self.errors = 0
-
-    def error(self, path: bytes, reason: str) -> None:
-        self.errors += 1
-        self.note(path, reason)
-
-    def note(self, path: bytes, reason: str) -> None:
-        self.stream.write("backshift: %s: %s\n" % (os.fsdecode(path), reason))
-        self.stream.flush()
-
-    def file_done(self, path: bytes, size: int) -> None:
-        """Called once per path handled (progress reports override this)."""
-
-    def finish(self) -> None:
-        """Called at the end of the backup."""
 
 
 class NulPaths:

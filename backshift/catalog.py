@@ -18,6 +18,8 @@ from .records import ChunkRef
 BACKUPS_DIR = "backups"
 STATE_UNFINISHED = "unfinished"
 STATE_COMPLETE = "complete"
+# Finished, but nothing was saved: every path given failed (see FORMAT.md).
+STATE_FAILED = "failed"
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9.+=-]")
 
 
@@ -71,6 +73,9 @@ class BackupRecord:
         self.files_reused = 0
         self.bytes_reused = 0
         self.bytes_read = 0
+        # Compressed bytes of the objects this backup added to the save
+        # directory (what it cost after deduplication and compression).
+        self.bytes_added = 0
 
     @property
     def complete(self) -> bool:
@@ -97,6 +102,7 @@ class BackupRecord:
             "files_reused": self.files_reused,
             "bytes_reused": self.bytes_reused,
             "bytes_read": self.bytes_read,
+            "bytes_added": self.bytes_added,
         }
         return (json.dumps(document, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
@@ -122,9 +128,10 @@ class BackupRecord:
             record.files_reused = int(document.get("files_reused", 0))
             record.bytes_reused = int(document.get("bytes_reused", 0))
             record.bytes_read = int(document.get("bytes_read", 0))
+            record.bytes_added = int(document.get("bytes_added", 0))
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise CatalogError("backup record does not parse: %s" % exc) from None
-        if record.state not in (STATE_UNFINISHED, STATE_COMPLETE):
+        if record.state not in (STATE_UNFINISHED, STATE_COMPLETE, STATE_FAILED):
             raise CatalogError("backup record has unknown state %r" % record.state)
         return record
 

@@ -29,16 +29,13 @@ from .compression import CODEC_NAMES, CODEC_NONE, CODEC_XZ
 from .listing import quote_name
 from .objectstore import OBJECT_HEADER, OBJECT_MAGIC, OBJECT_VERSION, ObjectError, ObjectStore
 from .objectstore import digest_of
-from .progress import human_bytes
+from .report import EXIT_OK, EXIT_PARTIAL, StatusLine, human_bytes
 from .records import FLAG_INLINE, KIND_DIR, ChunkRef, RecordError, iter_entries
 from .savedir import SaveDir
 from .tree import TreeReader, join_path
 
-EXIT_OK = 0
-EXIT_DAMAGED = 1
 # Paths named per damaged object and backup; the rest are counted.
 PATHS_SHOWN = 10
-REDRAW_SECONDS = 0.25
 XZ_FOOTER_MAGIC = b"YZ"
 
 # on_chunks(path, chunks, is_record): a chunk list the tree refers to.
@@ -155,41 +152,6 @@ def verify_object(objects: ObjectStore, digest: bytes) -> Tuple[Optional[str], i
         return exc.reason, 0
 
 
-class Progress:
-    """A one-line report redrawn in place on a terminal; silent elsewhere."""
-
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        self.enabled = _isatty(out)
-        self.started = time.monotonic()
-        self.last_draw = 0.0
-        self._width = 0
-
-    def show(self, text: str, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self.last_draw < REDRAW_SECONDS:
-            return
-        self.last_draw = now
-        self.out.write("\r" + text + " " * max(0, self._width - len(text)))
-        self.out.flush()
-        self._width = len(text)
-
-    def clear(self) -> None:
-        if self.enabled and self._width:
-            self.out.write("\r" + " " * self._width + "\r")
-            self.out.flush()
-            self._width = 0
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 class Damage:
     """Which backups and paths one bad object (or unparsable record) damages."""
 
@@ -216,7 +178,8 @@ class Checker:
         self.out = out
         self.workers = workers or os.cpu_count() or 2
         self.reader = TreeReader(self.objects)
-        self.progress = Progress(out)
+        self.progress = StatusLine(out)
+        self.started = time.monotonic()
         self.records: List[BackupRecord] = []
         self.bad_records: Dict[str, str] = {}        # backup id -> why it does not parse
         self.referenced: Dict[bytes, int] = {}       # digest -> expected length
@@ -240,7 +203,7 @@ class Checker:
         self.progress.clear()
         damages = self._attribute() if (self.bad or self.bad_dir_records) else {}
         problems = self._report(damages)
-        return EXIT_OK if problems == 0 else EXIT_DAMAGED
+        return EXIT_OK if problems == 0 else EXIT_PARTIAL
 
     def _read_records(self) -> None:
         for backup_id in self.catalog.ids():
@@ -393,7 +356,7 @@ class Checker:
         summary = "%d backups, %d objects" % (len(self.records) + len(self.bad_records),
                                               self.objects_checked)
         if self.verify:
-            elapsed = max(time.monotonic() - self.progress.started, 1e-6)
+            elapsed = max(time.monotonic() - self.started, 1e-6)
             summary += " (%s, %s/s)" % (human_bytes(self.bytes_checked),
                                         human_bytes(self.bytes_checked / elapsed))
         problems = len(self.bad_records) + len(damages) + len(unused)

@@ -18,14 +18,11 @@ from .compression import CompressionSpec
 from .listing import list_backup, list_backups
 from .objectstore import ObjectError
 from .progress import LEVELS, make_reporter
+from .report import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, is_terminal
 from .records import RecordError
 from .savedir import SaveDir, SaveDirError, default_hostname, init_savedir
 from .tarout import TarFormatError, TarWriter, produce_tar
 from .tree import TreeReader
-
-EXIT_OK = 0
-EXIT_PARTIAL = 1
-EXIT_FATAL = 2
 
 EXAMPLES = """\
 examples:
@@ -214,7 +211,7 @@ def _require(args: argparse.Namespace, *names: str) -> None:
 def _run(args: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, stderr) -> int:
     action = _chosen_action(args)
     _require(args, "save_directory")
-    if action == "produce_tar" and stdout.isatty():
+    if action == "produce_tar" and is_terminal(stdout):
         # As gzip does: binary data on a terminal is garbage and can upset it.
         raise UsageError("--produce-tar writes a tar stream, not for a terminal; "
                          "pipe it into tar xvfp - (or tar tvf -)")
@@ -315,7 +312,7 @@ def _paths(args: argparse.Namespace, stdin: BinaryIO) -> Iterable[bytes]:
     if args.filelist:
         handle = open(args.filelist, "rb")
         return iter_nul_paths(handle)
-    if stdin.isatty():
+    if is_terminal(stdin):
         # Nobody types NUL-separated paths: the find pipe was forgotten.
         raise UsageError("--backup reads NUL-separated paths from stdin, which is a terminal; "
                          "pipe find ... -print0 into it, or use --filelist")
@@ -335,7 +332,7 @@ def _backup(args: argparse.Namespace, savedir: SaveDir, hostname: str, stdin: Bi
         raise UsageError("--settle-time must not be negative")
     level = args.progress_report
     if level is None:
-        level = "full" if stderr.isatty() and not args.no_stats else "none"
+        level = "full" if is_terminal(stderr) and not args.no_stats else "none"
     elif args.no_stats and level != "none":
         raise UsageError("--no-stats and --progress-report %s contradict each other" % level)
     reporter, inhale = make_reporter(level, stderr)

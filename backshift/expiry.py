@@ -30,16 +30,13 @@ import re
 from typing import Dict, Iterable, List, Optional, Sequence, Set, TextIO, Tuple
 
 from .catalog import BackupRecord, CatalogError
-from .checking import Progress, scan_tree
+from .checking import scan_tree
 from .objectstore import DIGEST_SIZE, TEMP_PREFIX, fsync_directory, unique_suffix
-from .progress import human_bytes
 from .records import ChunkRef
+from .report import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, StatusLine, human_bytes, is_terminal
 from .savedir import SaveDir
 from .tree import TreeReader
 
-EXIT_OK = 0
-EXIT_DAMAGED = 1
-EXIT_FATAL = 2
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdwy])\s*$")
@@ -169,7 +166,7 @@ class Expiry:
         self.subset = subset
         self.out = out
         self.verbose = verbose
-        self.progress = Progress(out)
+        self.progress = StatusLine(out)
         self.backups_removed = 0
         self.objects_removed = 0
         self.bytes_freed = 0
@@ -200,7 +197,7 @@ class Expiry:
         except ExpireError as exc:
             self.progress.clear()
             self.out.write("backshift: expire: %s\n" % exc)
-            status = EXIT_DAMAGED
+            status = EXIT_PARTIAL
         self._remove_temporaries(now)
         self.progress.clear()
         if self.verbose:
@@ -419,13 +416,7 @@ def run_expire(savedir: SaveDir, args, stderr: TextIO) -> int:
         stderr.write("backshift: --keep-last must not be negative (see backshift --help)\n")
         return EXIT_FATAL
     level = getattr(args, "progress_report", None)
-    verbose = (level not in (None, "none")) or (level is None and _isatty(stderr))
+    verbose = (level not in (None, "none")) or (level is None and is_terminal(stderr))
     return Expiry(savedir, max_age, args.keep_last, grace, args.hostname, args.subset,
                   stderr, verbose).run()
 
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False

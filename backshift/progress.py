@@ -16,24 +16,10 @@ import os
 import time
 from typing import Iterable, Iterator, List, Optional, TextIO, Tuple
 
-from .backup import Reporter
+from .report import REDRAW_SECONDS, Reporter, human_bytes, human_duration
 
 LEVELS = ("none", "minimal", "moderate", "full")
 PER_FILE_BYTES = 64 * 1024
-REDRAW_SECONDS = 0.25
-
-
-def human_bytes(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(count) < 1024 or unit == "TiB":
-            return ("%d %s" if unit == "B" else "%.1f %s") % (count, unit)
-        count /= 1024.0
-    return "%.1f TiB" % count
-
-
-def human_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    return "%d:%02d:%02d" % (seconds // 3600, seconds // 60 % 60, seconds % 60)
 
 
 class PathList:

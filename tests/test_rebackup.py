@@ -20,7 +20,8 @@ import pytest
 
 import helpers
 from backshift import pipeline
-from backshift.backup import DIR_INLINE_MAX, Backup, BackupOptions, Reporter
+from backshift.backup import DIR_INLINE_MAX, Backup, BackupOptions
+from backshift.report import Reporter
 from backshift.objectstore import ObjectStore, digest_of
 from backshift.pipeline import ReadAhead
 from backshift.records import FLAG_INLINE, KIND_DIR, KIND_FILE
