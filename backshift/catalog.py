@@ -10,7 +10,7 @@ import datetime
 import json
 import os
 import re
-from typing import Any, Dict, Iterator, List, Optional, Set
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from .objectstore import TEMP_PREFIX, fsync_directory, write_file_atomically
 from .records import ChunkRef
@@ -136,6 +136,26 @@ class BackupRecord:
         return record
 
 
+def backup_order(record: BackupRecord) -> Tuple[datetime.datetime, str]:
+    """The one order of backups: by exact start time, then id (see Catalog.records)."""
+    return record.started, record.backup_id
+
+
+def select(records: Iterable[BackupRecord], hostname: Optional[str] = None,
+           subset: Optional[str] = None) -> List[BackupRecord]:
+    """The records of ``hostname`` and ``subset`` (either None: any)."""
+    return [record for record in records
+            if (hostname is None or record.hostname == hostname)
+            and (subset is None or record.subset == subset)]
+
+
+def describe_filter(hostname: Optional[str], subset: Optional[str]) -> str:
+    """' of host H, subset S' for messages; empty without a filter."""
+    parts = (["host %s" % hostname] if hostname is not None else []) + \
+        (["subset %s" % subset] if subset is not None else [])
+    return " of " + ", ".join(parts) if parts else ""
+
+
 class Catalog:
     """Reads, writes and removes backup records in ``<save directory>/backups``."""
 
@@ -174,13 +194,31 @@ class Catalog:
         except CatalogError as exc:
             raise CatalogError("backup %s: %s" % (backup_id, exc)) from None
 
-    def records(self) -> Iterator[BackupRecord]:
-        """Every readable record, oldest first; unreadable ones are skipped."""
+    def records(self) -> List[BackupRecord]:
+        """Every readable record, oldest first; unreadable ones are skipped.
+
+        Oldest means by the exact start time the record holds (microseconds),
+        then by id: ids name the start only to the second, so two backups
+        started in the same second would otherwise sort by their random tails.
+        """
+        found = []
         for backup_id in self.ids():
             try:
-                yield self.read(backup_id)
+                found.append(self.read(backup_id))
             except CatalogError:
                 continue
+        found.sort(key=backup_order)
+        return found
+
+    def latest(self, hostname: Optional[str] = None,
+               subset: Optional[str] = None) -> BackupRecord:
+        """The newest complete backup (in ``records`` order), of ``hostname`` and ``subset`` if given."""
+        chosen = [record for record in select(self.records(), hostname, subset)
+                  if record.complete]
+        if not chosen:
+            raise CatalogError("no complete backup%s to take as 'latest'"
+                               % describe_filter(hostname, subset))
+        return chosen[-1]
 
     def write(self, record: BackupRecord) -> None:
         """Publish a record atomically (the caller has made its objects durable)."""

@@ -13,11 +13,13 @@ from typing import BinaryIO, Iterable, List, Optional, Sequence
 
 from . import __version__
 from .backup import Backup, BackupOptions, iter_nul_paths
-from .catalog import CatalogError
+from .catalog import BackupRecord, CatalogError, describe_filter, select
+from .diffing import diff
+from .finding import find
 from .compression import CompressionSpec
-from .listing import list_backup, list_backups
+from .listing import backup_summary, backup_totals, entry_json, find_line, json_line, list_backup, list_backups, shown_name
 from .objectstore import ObjectError
-from .progress import LEVELS, make_reporter
+from .progress import LEVELS, ProgressReporter, make_reporter
 from .report import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, is_terminal
 from .records import RecordError
 from .savedir import SaveDir, SaveDirError, default_hostname, init_savedir
@@ -91,13 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
             ("--verify", "as --check, and read every object and verify its digest"),
             ("--check-hashes", "the same as --verify")):
         actions.add_argument(flag, action="store_true", help=text)
+    actions.add_argument("--find", metavar="PATTERN",
+                         help="list every entry, in every backup (or those chosen with "
+                              "--backup-id, --hostname, --subset), whose path matches a shell "
+                              "pattern as find -path matches: '*/notes.txt', '/etc/*.conf' "
+                              "('*' crosses '/')")
+    actions.add_argument("--diff", nargs=2, metavar=("ID1", "ID2"),
+                         help="list the paths added (+), removed (-), changed (M) or changed "
+                              "only in metadata (m) from backup ID1 to backup ID2")
     parser.add_argument("--init-savedir", action="store_true",
                         help="create the save directory if it does not exist")
     backup = parser.add_argument_group("backing up")
     backup.add_argument("--subset", metavar="NAME",
-                        help="name of this set of files (e.g. root, home, fullsave)")
+                        help="name of this set of files (e.g. root, home, fullsave); "
+                             "elsewhere: only backups of this subset")
     backup.add_argument("--hostname", metavar="NAME",
-                        help="host name to record (default: this host's short name)")
+                        help="host name to record (default: this host's short name); "
+                             "elsewhere: only backups of this host")
     backup.add_argument("--filelist", metavar="FILE",
                         help="read the NUL-separated paths from FILE instead of stdin")
     backup.add_argument("--compression", metavar="CODEC[:LEVEL]", default="xz",
@@ -118,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("--no-fsync", action="store_true",
                         help="do not flush objects to disk (faster; unsafe on power loss)")
     restore = parser.add_argument_group("listing and restoring")
-    restore.add_argument("--backup-id", metavar="ID", help="which backup")
+    restore.add_argument("--backup-id", metavar="ID",
+                         help="which backup; 'latest' is the newest complete backup (of "
+                              "--hostname and --subset when given)")
     restore.add_argument("--starting-directory", metavar="DIR",
                          help="only this directory (or file) of the backup, e.g. /etc")
     restore.add_argument("--nonrecursive", action="store_true",
@@ -127,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="tar format to produce (default gnu)")
     restore.add_argument("--last-n", metavar="N", type=_positive_int,
                          help="with --list-backups: only the newest N")
+    restore.add_argument("--json", action="store_true",
+                         help="JSON Lines, every field (--list-backups, --list-backup, --find; "
+                              "--backup: one line of totals).  A name that is not UTF-8 has "
+                              "U+FFFD for its bad bytes in its text field (\"path\") and its "
+                              "exact bytes in base64 beside it (\"path_b64\")")
     expire = parser.add_argument_group("expiring")
     expire.add_argument("--max-age", metavar="DURATION",
                         help="expire backups finished longer ago than this (90d, 12w, 1y, 3600s)")
@@ -138,15 +157,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-ACTIONS = ("backup", "list_backups", "list_backup", "list_backup_simply", "produce_tar",
-           "expire", "check", "verify", "check_hashes")
+# Which options each action takes; any other option given is an error, so
+# that nothing a user typed is silently ignored.  --save-directory,
+# --init-savedir and --no-fsync go with every action.
+_RESTORE = ("backup_id", "hostname", "subset", "starting_directory", "nonrecursive")
+ACTION_OPTIONS = {
+    "backup": ("subset", "hostname", "filelist", "compression", "progress_report", "no_stats",
+               "no_inode_check", "checkpoint_interval", "settle_time", "json"),
+    "list_backups": ("hostname", "subset", "last_n", "json"),
+    "list_backup": _RESTORE + ("json",),
+    "list_backup_simply": _RESTORE,
+    "produce_tar": _RESTORE + ("tar_format",),
+    "find": ("backup_id", "hostname", "subset", "starting_directory", "json"),
+    "diff": ("hostname", "subset", "starting_directory"),
+    "expire": ("max_age", "keep_last", "expire_grace", "hostname", "subset", "progress_report"),
+    "check": (),
+    "verify": (),
+    "check_hashes": (),
+}
+ACTIONS = tuple(ACTION_OPTIONS)
+_EVERYWHERE = ("save_directory", "init_savedir", "no_fsync")
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   action: Optional[str]) -> None:
+    """Refuse an option the chosen action does not take."""
+    allowed = set(_EVERYWHERE) | set(ACTION_OPTIONS.get(action or "", ()))
+    for dest, value in sorted(vars(args).items()):
+        if dest in allowed or dest in ACTION_OPTIONS or value == parser.get_default(dest):
+            continue
+        if action is None:
+            raise UsageError("%s needs an action (--backup, --list-backups, ...)" % _flag(dest))
+        raise UsageError("%s does not apply to %s" % (_flag(dest), _flag(action)))
 
 
 def _chosen_action(args: argparse.Namespace) -> Optional[str]:
-    chosen = [action for action in ACTIONS if getattr(args, action)]
+    chosen = [action for action in ACTIONS if getattr(args, action) not in (None, False)]
     if len(chosen) > 1:
         raise UsageError("choose one action, not %s" % " and ".join(
-            "--" + action.replace("_", "-") for action in chosen))
+            _flag(action) for action in chosen))
     if not chosen:
         if args.init_savedir:
             return None
@@ -161,7 +214,9 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None,
     stderr = stderr if stderr is not None else sys.stderr
     args: Optional[argparse.Namespace] = None
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        _check_options(parser, args, _chosen_action(args))
         return _run(args, stdin, stdout, stderr)
     except UsageError as exc:
         stderr.write("backshift: %s (see backshift --help)\n" % exc)
@@ -223,17 +278,22 @@ def _run(args: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, stderr) ->
             return EXIT_OK
     savedir = SaveDir(savedir_path, hostname, durable=not args.no_fsync)
     if action == "backup":
-        return _backup(args, savedir, hostname, stdin, stderr)
+        return _backup(args, savedir, hostname, stdin, stdout, stderr)
     if action == "list_backups":
-        records = list(savedir.catalog.records())
+        records = select(savedir.catalog.records(), args.hostname, args.subset)
         if args.last_n is not None:
-            records = records[-args.last_n:] if args.last_n > 0 else []
-        list_backups(records, stdout)
+            records = records[-args.last_n:]
+        form = "json" if args.json else "table" if is_terminal(stdout) else "tsv"
+        list_backups(records, stdout, form)
         stdout.flush()
         return EXIT_OK
+    if action == "find":
+        return _find(args, savedir, stdout, stderr)
+    if action == "diff":
+        return _diff(args, savedir, stdout, stderr)
     if action in ("list_backup", "list_backup_simply", "produce_tar"):
         _require(args, "backup_id")
-        record = _read_record(savedir, args.backup_id)
+        record = _chosen_record(savedir, args, args.backup_id)
         if not record.complete:
             # Still running, or stopped: what its last checkpoint saved is all there is.
             stderr.write("backshift: note: backup %s is unfinished; it holds the files saved "
@@ -247,7 +307,7 @@ def _run(args: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, stderr) ->
             return _produce_tar(args, savedir, reader, record, start, stdout, stderr)
         out = io.BufferedWriter(_Unclosable(stdout), 1 << 16)
         list_backup(reader, record.root, start, out, simply=action == "list_backup_simply",
-                    recursive=not args.nonrecursive)
+                    recursive=not args.nonrecursive, as_json=args.json)
         out.flush()
         return EXIT_OK
     if action == "expire":
@@ -274,17 +334,68 @@ class _Unclosable(io.RawIOBase):
         self._stream.flush()
 
 
-def _read_record(savedir: SaveDir, backup_id: str):
-    try:
-        record = savedir.catalog.read(backup_id)
-    except CatalogError as exc:
-        recent = savedir.catalog.ids()[-5:]
-        hint = "; recent ids: " + ", ".join(recent) if recent else "; the save directory has no backups"
-        raise CatalogError(str(exc) + hint) from None
+def _chosen_record(savedir: SaveDir, args: argparse.Namespace, backup_id: str) -> BackupRecord:
+    """The backup an id names; 'latest' is the newest complete one of --hostname and --subset."""
+    if backup_id == "latest":
+        record = savedir.catalog.latest(args.hostname, args.subset)
+    else:
+        try:
+            record = savedir.catalog.read(backup_id)
+        except CatalogError as exc:
+            recent = savedir.catalog.ids()[-5:]
+            hint = "; recent ids: " + ", ".join(recent) if recent \
+                else "; the save directory has no backups"
+            raise CatalogError(str(exc) + hint) from None
+        if (args.hostname is not None and record.hostname != args.hostname) or \
+                (args.subset is not None and record.subset != args.subset):
+            raise CatalogError("backup %s is not%s" % (
+                backup_id, describe_filter(args.hostname, args.subset)))
     if record.root is None:
         raise CatalogError("backup %s has no saved files yet (it was interrupted at once)"
-                           % backup_id)
+                           % record.backup_id)
     return record
+
+
+def _damage_reporter(stderr):
+    """An on_damage handler writing one line per damaged directory, and its count."""
+    count = [0]
+
+    def on_damage(path: bytes, reason: str) -> None:
+        count[0] += 1
+        stderr.write("backshift: %s: damaged: %s\n" % (os.fsdecode(path) or "/", reason))
+    return on_damage, count
+
+
+def _find(args: argparse.Namespace, savedir: SaveDir, stdout: BinaryIO, stderr) -> int:
+    if args.backup_id is not None:
+        records = [_chosen_record(savedir, args, args.backup_id)]
+    else:
+        records = select(savedir.catalog.records(), args.hostname, args.subset)
+    out = io.BufferedWriter(_Unclosable(stdout), 1 << 16)
+
+    def on_match(record: BackupRecord, path: bytes, entry) -> None:
+        out.write(json_line(entry_json(path, entry, record.backup_id)) if args.json
+                  else find_line(record.backup_id, path, entry))
+
+    on_damage, damaged = _damage_reporter(stderr)
+    find(TreeReader(savedir.objects), records, os.fsencode(args.find),
+         os.fsencode(args.starting_directory or ""), on_match, on_damage)
+    out.flush()
+    return EXIT_PARTIAL if damaged[0] else EXIT_OK
+
+
+def _diff(args: argparse.Namespace, savedir: SaveDir, stdout: BinaryIO, stderr) -> int:
+    old, new = (_chosen_record(savedir, args, backup_id) for backup_id in args.diff)
+    out = io.BufferedWriter(_Unclosable(stdout), 1 << 16)
+
+    def on_change(letter: str, path: bytes, entry) -> None:
+        out.write(letter.encode() + b"\t" + shown_name(path, entry) + b"\n")
+
+    on_damage, damaged = _damage_reporter(stderr)
+    diff(TreeReader(savedir.objects), old, new, os.fsencode(args.starting_directory or ""),
+         on_change, on_damage)
+    out.flush()
+    return EXIT_PARTIAL if damaged[0] else EXIT_OK
 
 
 def _produce_tar(args, savedir: SaveDir, reader: TreeReader, record, start: bytes,
@@ -320,7 +431,7 @@ def _paths(args: argparse.Namespace, stdin: BinaryIO) -> Iterable[bytes]:
 
 
 def _backup(args: argparse.Namespace, savedir: SaveDir, hostname: str, stdin: BinaryIO,
-            stderr) -> int:
+            stdout: BinaryIO, stderr) -> int:
     _require(args, "subset")
     try:
         compression = CompressionSpec.parse(args.compression)
@@ -336,17 +447,25 @@ def _backup(args: argparse.Namespace, savedir: SaveDir, hostname: str, stdin: Bi
     elif args.no_stats and level != "none":
         raise UsageError("--no-stats and --progress-report %s contradict each other" % level)
     reporter, inhale = make_reporter(level, stderr)
-    paths: Iterable[bytes] = _paths(args, stdin)
-    if inhale:
-        paths = reporter.inhale(paths)  # type: ignore[attr-defined]
-    options = BackupOptions(args.subset, hostname, compression,
-                            checkpoint_interval=args.checkpoint_interval,
-                            inode_check=not args.no_inode_check,
-                            settle_ns=int(args.settle_time * 1e9))
-    record = Backup(savedir, options, reporter).run(paths)
+    try:
+        paths: Iterable[bytes] = _paths(args, stdin)
+        if inhale:
+            paths = reporter.inhale(paths)  # type: ignore[attr-defined]
+        options = BackupOptions(args.subset, hostname, compression,
+                                checkpoint_interval=args.checkpoint_interval,
+                                inode_check=not args.no_inode_check,
+                                settle_ns=int(args.settle_time * 1e9))
+        backup = Backup(savedir, options, reporter)
+        if isinstance(reporter, ProgressReporter):
+            reporter.watch_queue(lambda: backup.store.queued_bytes)
+        record = backup.run(paths)
+    finally:
+        reporter.finish()
     if level != "none":
-        stderr.write("backshift: backup %s complete: %d files, %d bytes, %d errors\n"
-                     % (record.backup_id, record.files, record.bytes, record.errors))
+        stderr.write("backshift: %s\n" % backup_summary(record))
+    if args.json:
+        stdout.write(json_line(backup_totals(record)))
+        stdout.flush()
     return EXIT_PARTIAL if record.errors else EXIT_OK
 
 

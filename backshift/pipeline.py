@@ -102,6 +102,11 @@ class StorePipeline:
         """Objects handed over and not yet collected."""
         return len(self._pending)
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes handed over and not yet collected as written (read from any thread)."""
+        return self._pending_bytes
+
     def _reap(self) -> None:
         """Collect finished objects at the front of the queue."""
         while self._pending:

@@ -8,6 +8,7 @@ directory may appear in its parent more than once (fragments, when the input
 was not in find order); walking merges them.
 """
 
+import hashlib
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .chunking import Chunker
@@ -52,6 +53,17 @@ class TreeReader:
         if directory.flags & FLAG_INLINE:
             return self.parse(directory.inline or b"")
         return self.entries(directory.chunks)
+
+    @staticmethod
+    def record_key(directory: Entry) -> bytes:
+        """What identifies a directory's record: the same key, the same entries.
+
+        Lets a reader skip a record it has already seen (find, diff) without
+        reading it: its chunk digests, or the digest of its inline bytes.
+        """
+        if directory.flags & FLAG_INLINE:
+            return b"i" + hashlib.blake2b(directory.inline or b"", digest_size=32).digest()
+        return b"c" + b"".join(digest for digest, _length in directory.chunks)
 
     def parse(self, record: bytes) -> Iterator[Entry]:
         """Entries of a record's bytes (a hook for readers that look ahead)."""

@@ -1,0 +1,138 @@
+"""``--find``: entries whose path matches a shell pattern, across backups.
+
+A path matches as ``find -path`` matches it: the pattern is a shell glob
+(fnmatch, on bytes, so names that are not UTF-8 match too) over the path
+with a leading ``/``, and ``*`` may cross ``/``.
+
+Backups of a mostly unchanged tree share most directory records.  A
+directory already searched at the same path with the same record (same
+digests, or same inline bytes) is not read again: its matches are kept and
+reported for the next backup too, so searching 30 such backups costs little
+more than searching one.
+"""
+
+import fnmatch
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+from .catalog import BackupRecord
+from .objectstore import ObjectError
+from .records import FLAG_IMPLICIT, FLAG_PARTIAL, KIND_DIR, Entry, RecordError
+from .tree import DamageHandler, TreeReader, join_path, split_path
+
+Match = Tuple[bytes, Entry]  # (path relative to the backup's root, entry)
+# on_match(backup record, path, entry)
+MatchHandler = Callable[[BackupRecord, bytes, Entry], None]
+
+
+def children(reader: TreeReader, path: bytes, directory: Entry,
+             on_damage: DamageHandler) -> Iterator[Match]:
+    """(path, entry) of one directory's entries, damage reported and skipped.
+
+    A name that could leave its directory ('', '.', '..', or one holding
+    '/') is damage too: no path built from it is ever shown or compared.
+    """
+    try:
+        for child in reader.dir_entries(directory):
+            if child.name in (b"", b".", b"..") or b"/" in child.name:
+                on_damage(path, "entry with unsafe name %r skipped" % child.name)
+                continue
+            yield join_path(path, child.name), child
+    except ObjectError as exc:
+        on_damage(path, "directory contents lost: %s (object %s)"
+                  % (exc.reason, exc.digest.hex()))
+    except RecordError as exc:
+        on_damage(path, "directory record does not parse (%s); "
+                        "the rest of this directory is lost" % exc)
+
+
+def start_entries(reader: TreeReader, record: BackupRecord, start: bytes,
+                  on_damage: DamageHandler) -> List[Match]:
+    """The entries (directory fragments included) at ``start`` in one backup."""
+    prefix = b"/".join(split_path(start))
+    try:
+        return [(prefix, entry) for entry in reader.lookup(record.root or [], start)]
+    except ObjectError as exc:
+        on_damage(prefix, "not searched: %s (object %s)" % (exc.reason, exc.digest.hex()))
+    except RecordError as exc:
+        on_damage(prefix, "not searched: directory record does not parse (%s)" % exc)
+    return []
+
+
+def shown(entry: Entry) -> bool:
+    """Whether an entry is one a listing shows (not a placeholder or a checkpoint's prefix)."""
+    return not entry.flags & (FLAG_IMPLICIT | FLAG_PARTIAL)
+
+
+class Finder:
+    """Searches backups for one pattern, remembering what each directory record held."""
+
+    def __init__(self, reader: TreeReader, pattern: bytes, on_damage: DamageHandler) -> None:
+        self.reader = reader
+        self.pattern = pattern
+        self.on_damage = on_damage
+        # (path, record key) -> the matches below that directory.
+        self._searched: Dict[Tuple[bytes, bytes], List[Match]] = {}
+        self.records_read = 0
+
+    def matches(self, path: bytes) -> bool:
+        return fnmatch.fnmatchcase(b"/" + path, self.pattern)
+
+    def search(self, record: BackupRecord, start: bytes = b"") -> List[Match]:
+        """Every match at or below ``start`` in one backup, parents before children."""
+        found: List[Match] = []
+        for path, entry in start_entries(self.reader, record, start, self.on_damage):
+            if shown(entry) and self.matches(path):
+                found.append((path, entry))
+            if entry.kind == KIND_DIR:
+                found.extend(self._below(path, entry))
+        return found
+
+    def _below(self, path: bytes, directory: Entry) -> List[Match]:
+        # Depth-first with an explicit stack keeps deep trees off the Python
+        # call stack.  A frame: (key, matches so far, children left).
+        key = (path, self.reader.record_key(directory))
+        if key in self._searched:
+            return self._searched[key]
+        top: List[Match] = []
+        stack = [(key, top, self._children(path, directory))]
+        while stack:
+            frame_key, found, pending = stack[-1]
+            step = next(pending, None)
+            if step is None:
+                stack.pop()
+                self._searched[frame_key] = found
+                if stack:
+                    stack[-1][1].extend(found)
+                continue
+            child_path, child = step
+            if shown(child) and self.matches(child_path):
+                found.append((child_path, child))
+            if child.kind != KIND_DIR:
+                continue
+            child_key = (child_path, self.reader.record_key(child))
+            if child_key in self._searched:
+                found.extend(self._searched[child_key])
+            else:
+                stack.append((child_key, [], self._children(child_path, child)))
+        return top
+
+    def _children(self, path: bytes, directory: Entry) -> Iterator[Match]:
+        self.records_read += 1
+        return children(self.reader, path, directory, self.on_damage)
+
+
+def find(reader: TreeReader, records: Iterable[BackupRecord], pattern: bytes, start: bytes,
+         on_match: MatchHandler, on_damage: Optional[DamageHandler] = None) -> Finder:
+    """Call ``on_match`` for every match in each backup, backup by backup, in order."""
+    finder = Finder(reader, pattern, on_damage or raise_damage)
+    for record in records:
+        if record.root is None:
+            continue  # interrupted before anything was saved
+        for path, entry in finder.search(record, start):
+            on_match(record, path, entry)
+    return finder
+
+
+def raise_damage(path: bytes, reason: str) -> None:
+    """The default damage handler: stop, naming the directory and the reason."""
+    raise RecordError("%s: %s" % (path.decode("utf-8", "replace") or "/", reason))
