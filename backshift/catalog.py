@@ -212,7 +212,7 @@ class Catalog:
 
     def latest(self, hostname: Optional[str] = None,
                subset: Optional[str] = None) -> BackupRecord:
-        """The newest complete backup (in ``records`` order), of ``hostname`` and ``subset`` if given."""
+        """The newest complete backup in ``records`` order (of ``hostname``, ``subset`` if given)."""
         chosen = [record for record in select(self.records(), hostname, subset)
                   if record.complete]
         if not chosen:

@@ -17,7 +17,8 @@ from .catalog import BackupRecord, CatalogError, describe_filter, select
 from .diffing import diff
 from .finding import find
 from .compression import CompressionSpec
-from .listing import backup_summary, backup_totals, entry_json, find_line, json_line, list_backup, list_backups, shown_name
+from .listing import (backup_summary, backup_totals, entry_json, find_line, json_line,
+                      list_backup, list_backups, shown_name)
 from .objectstore import ObjectError
 from .progress import LEVELS, ProgressReporter, make_reporter
 from .report import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, is_terminal

@@ -131,7 +131,7 @@ class ProgressReporter(Reporter):
         self.bytes_done += size
 
     def _work(self, files: int, size: int) -> float:
-        """Work in the estimate's unit: bytes plus a per-file cost, or files if sizes are unknown."""
+        """Work in the estimate's unit: bytes plus a per-file cost (files if sizes are unknown)."""
         if self.total_bytes is None:
             return float(files)
         return size + files * PER_FILE_BYTES
