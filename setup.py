@@ -1,11 +1,18 @@
 """Installs the backshift package and its two commands."""
 
+import atexit
 import os
 import re
+import shutil
+import tempfile
 
 from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Build files (build/, backshift.egg-info/) go to a scratch directory removed
+# at exit, so that `pip install .` leaves the checkout as it was.
+SCRATCH = tempfile.mkdtemp(prefix="backshift-build-")
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 with open(os.path.join(HERE, "backshift", "__init__.py"), encoding="utf-8") as handle:
     VERSION = re.search(r'__version__ = "([^"]+)"', handle.read()).group(1)
 
@@ -24,6 +31,8 @@ setup(
                                       "randomize = backshift.randomize:entry_point"]},
     # The manual page, where man finds it under the installation prefix.
     data_files=[("share/man/man1", ["backshift.1"])],
+    options={"build": {"build_base": os.path.join(SCRATCH, "build")},
+             "egg_info": {"egg_base": SCRATCH}},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3.9",

@@ -18,7 +18,7 @@ import helpers
 
 from backshift import __version__
 
-# What a source distribution holds: copied so that pip's build leaves nothing in the checkout.
+# What a source distribution holds: copied, so that the test can see what pip's build leaves.
 SOURCE_FILES = ("setup.py", "MANIFEST.in", "README", "LICENSE", "FORMAT.md", "backshift.1")
 
 
@@ -38,9 +38,15 @@ def _sh(args, cwd, input=None, timeout=600) -> subprocess.CompletedProcess:
     return result
 
 
+def _files(top) -> list:
+    return sorted(os.path.relpath(os.path.join(where, name), str(top))
+                  for where, dirs, files in os.walk(str(top)) for name in dirs + files)
+
+
 @pytest.fixture(scope="module")
-def venv(tmp_path_factory):
-    """A fresh virtual environment with the checkout pip-installed into it."""
+def installed(tmp_path_factory):
+    """A fresh virtual environment with a copy of the checkout pip-installed into it,
+    and the files the installation added to that copy."""
     base = tmp_path_factory.mktemp("packaging")
     source = base / "source"
     source.mkdir()
@@ -50,9 +56,19 @@ def venv(tmp_path_factory):
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     env_dir = base / "venv"
     _sh([sys.executable, "-m", "venv", str(env_dir)], cwd=str(base))
-    _sh([str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", str(source)],
-        cwd=str(base))
-    return env_dir
+    before = _files(source)
+    # From inside the source, as a person types it.
+    _sh([str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", "."], cwd=str(source))
+    return env_dir, sorted(set(_files(source)) - set(before))
+
+
+@pytest.fixture(scope="module")
+def venv(installed):
+    return installed[0]
+
+
+def test_pip_install_leaves_nothing_in_the_source(installed):
+    assert installed[1] == []  # no build/, no backshift.egg-info/
 
 
 def test_pip_install_gives_both_commands_and_the_man_page(venv, tmp_path):
@@ -99,20 +115,25 @@ def _readme() -> str:
 
 
 def test_readme_quick_start_works_as_written(tmp_path):
-    lines = [line.strip() for line in _readme().splitlines()
-             if line.strip().startswith("rm -rf /tmp/bs-demo")]
-    assert len(lines) == 1, "README's quick start is one command line starting rm -rf /tmp/bs-demo"
-    # The same command on a small tree like /usr/share/doc, in a folder of our own.
+    section = _readme().split("Quick start\n")[1].split("Run the test suite")[0]
+    lines = [line.strip() for line in section.splitlines() if line.startswith("    ")]
+    assert len(lines) <= 3 and all(len(line) < 130 for line in lines), lines
+    # The same commands on a small tree like /usr/share/doc, run from another directory.
     doc = tmp_path / "data" / "doc"
     for package in ("tar", "xz-utils"):
         (doc / package).mkdir(parents=True)
         (doc / package / "copyright").write_bytes(b"licence of %s\n" % package.encode() * 50)
         (doc / package / "changelog.gz").write_bytes(os.urandom(5000))
     os.symlink("tar", str(doc / "gnu-tar"))
-    command = lines[0].replace("/tmp/bs-demo", str(tmp_path / "demo")) \
-                      .replace("/usr/share/doc", str(doc)) \
-                      .replace("python3 ", shlex.quote(sys.executable) + " ")
-    result = subprocess.run(["bash", "-c", command], cwd=helpers.REPO, env=_clean_env(),
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    script = "backshift() { %s %s \"$@\"; }\n" % (
+        shlex.quote(sys.executable), shlex.quote(os.path.join(helpers.REPO, "bin", "backshift")))
+    for line in lines:
+        script += line.replace("/tmp/bs-demo", str(tmp_path / "demo")) \
+                      .replace("/tmp/bs-out", str(tmp_path / "out")) \
+                      .replace("/usr/share/doc", str(doc)) + " || exit 1\n"
+    result = subprocess.run(["bash", "-c", script], cwd=str(elsewhere), env=_clean_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     assert result.stdout.decode().splitlines()[-1] == "restored identically"
