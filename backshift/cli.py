@@ -458,7 +458,7 @@ def _backup(args: argparse.Namespace, savedir: SaveDir, hostname: str, stdin: Bi
                                 settle_ns=int(args.settle_time * 1e9))
         backup = Backup(savedir, options, reporter)
         if isinstance(reporter, ProgressReporter):
-            reporter.watch_queue(lambda: backup.store.queued_bytes)
+            reporter.watch(backup.store)
         record = backup.run(paths)
     finally:
         reporter.finish()

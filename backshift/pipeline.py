@@ -81,6 +81,11 @@ class StorePipeline:
         self._pending: Dict[bytes, Tuple["Future[bytes]", int]] = {}
         self._pending_bytes = 0
         self.peak_bytes = 0
+        # All bytes ever handed over, and those of them written: the
+        # progress report reads both from its own thread.
+        self.handed_bytes = 0
+        self.written_bytes = 0
+        self._written_lock = threading.Lock()
 
     def put(self, data: bytes, compressor: Compressor, digest: Optional[bytes] = None) -> bytes:
         """Hand ``data`` over for storing; return its digest."""
@@ -94,6 +99,8 @@ class StorePipeline:
         future = self._pool.submit(self.objects.put, data, compressor, digest)
         self._pending[digest] = (future, len(data))
         self._pending_bytes += len(data)
+        self.handed_bytes += len(data)
+        future.add_done_callback(lambda _future, size=len(data): self._written(size))
         self.peak_bytes = max(self.peak_bytes, self._pending_bytes)
         return digest
 
@@ -102,10 +109,9 @@ class StorePipeline:
         """Objects handed over and not yet collected."""
         return len(self._pending)
 
-    @property
-    def queued_bytes(self) -> int:
-        """Bytes handed over and not yet collected as written (read from any thread)."""
-        return self._pending_bytes
+    def _written(self, size: int) -> None:
+        with self._written_lock:  # workers finish at the same time
+            self.written_bytes += size
 
     def _reap(self) -> None:
         """Collect finished objects at the front of the queue."""

@@ -9,25 +9,28 @@ Levels:
             and ETA weigh files by size: each file counts as its bytes plus
             a fixed per-file cost (opening and recording a file costs about
             as much as reading PER_FILE_BYTES of data).
-The ETA divides the work left by the rate of the last RATE_WINDOW seconds,
-so a run of small files at the start does not promise the big ones will go
-as fast (or as slowly).  Bytes read but still queued for compression and
-writing count as work left: the end of a backup with slow compression is
-the queue draining, and the line says so.  The report is redrawn in place
-every TICK_SECONDS while anything is going on.
+The ETA is the slower of two estimates, each at the pace of the last
+RATE_WINDOW seconds: reading what is left (bytes plus a cost per file), and
+compressing and writing what is left plus what is already queued for it
+(pipeline.StorePipeline counts what it was handed and what it has written,
+which also shows a big file's progress before the file is done).  So a run
+of small files at the start does not make the big ones look quick, and the
+end of a backup with slow compression is the queue draining, which the line
+says.  The percentage is the share of the run the ETA implies.  The line is
+redrawn every TICK_SECONDS by a thread of its own while anything goes on.
 """
 
 import collections
 import os
 import threading
 import time
-from typing import Callable, Deque, Iterable, Iterator, List, Optional, TextIO, Tuple
+from typing import Callable, Deque, Iterable, Iterator, List, Optional, Protocol, TextIO, Tuple
 
 from .report import Reporter, StatusLine, human_bytes, human_duration
 
 LEVELS = ("none", "minimal", "moderate", "full")
 PER_FILE_BYTES = 64 * 1024
-RATE_WINDOW = 8.0
+RATE_WINDOW = 15.0
 TICK_SECONDS = 0.5
 QUEUE_SHOWN_BYTES = 1024 * 1024
 
@@ -79,8 +82,10 @@ class ProgressReporter(Reporter):
         self.total_files: Optional[int] = None
         self.total_bytes: Optional[int] = None
         self._queued: Callable[[], int] = lambda: 0
-        # (time, work done) samples of the last RATE_WINDOW seconds.
-        self._samples: Deque[Tuple[float, float]] = collections.deque()
+        self._read: Callable[[], int] = lambda: 0
+        self._read_at_done = 0
+        # (time, reading work done, bytes written) of the last RATE_WINDOW seconds.
+        self._samples: Deque[Tuple[float, float, int]] = collections.deque()
         self._line = StatusLine(stream, enabled=True, clock=clock)
         self._lock = threading.Lock()  # the ticker and the backup both write
         self._stop = threading.Event()
@@ -88,9 +93,12 @@ class ProgressReporter(Reporter):
                                         daemon=True)
         self._ticker.start()
 
-    def watch_queue(self, queued: Callable[[], int]) -> None:
-        """Count ``queued()`` bytes (read, not yet compressed and written) as work left."""
-        self._queued = queued
+    def watch(self, store: "StoreGauge") -> None:
+        """Follow the data through ``store`` (pipeline.StorePipeline): what it
+        has been handed shows a big file's progress before the file is done;
+        what it still holds is work left."""
+        self._queued = lambda: max(0, store.handed_bytes - store.written_bytes)
+        self._read = lambda: store.handed_bytes
 
     def inhale(self, paths: Iterable[bytes]) -> PathList:
         """Read the whole path list first (moderate and full levels).
@@ -129,38 +137,62 @@ class ProgressReporter(Reporter):
     def file_done(self, path: bytes, size: int) -> None:
         self.files_done += 1
         self.bytes_done += size
+        self._read_at_done = self._read()
+
+    def _bytes_progress(self) -> int:
+        """Bytes of the files done, and of the file being read so far (roughly:
+        what the store was handed since the last file was done)."""
+        return self.bytes_done + max(0, self._read() - self._read_at_done)
 
     def _work(self, files: int, size: int) -> float:
-        """Work in the estimate's unit: bytes plus a per-file cost (files if sizes are unknown)."""
+        """Reading work: bytes plus a per-file cost (files if sizes are unknown)."""
         if self.total_bytes is None:
             return float(files)
         return size + files * PER_FILE_BYTES
 
-    def _work_done(self, queued: int) -> float:
-        if self.total_bytes is None:
-            return float(self.files_done)
-        return self._work(self.files_done, max(0, self.bytes_done - queued))
-
-    def _rate(self, now: float, done: float) -> float:
-        """Work per second over the last RATE_WINDOW seconds."""
+    def _rates(self, now: float, read: float, written: int) -> Tuple[float, float]:
+        """Reading work and bytes written per second, over the last RATE_WINDOW seconds."""
         samples = self._samples
-        samples.append((now, done))
+        samples.append((now, read, written))
         while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW:
             samples.popleft()
-        then, done_then = samples[0]
-        return (done - done_then) / (now - then) if now > then else 0.0
+        then, read_then, written_then = samples[0]
+        if now <= then:
+            return 0.0, 0.0
+        return (read - read_then) / (now - then), (written - written_then) / (now - then)
+
+    def eta(self, now: float, queued: int) -> Optional[float]:
+        """Seconds left: the slower of reading what is left, and writing what is
+        left and what is queued, each at its pace over the last seconds."""
+        if self.total_files is None:
+            return None
+        progress = self._bytes_progress()
+        read = self._work(self.files_done, progress)
+        written = max(0, progress - queued)
+        read_rate, write_rate = self._rates(now, read, written)
+        to_read = max(0.0, self._work(self.total_files, self.total_bytes or 0) - read)
+        to_write = max(0, (self.total_bytes or 0) - progress) + queued
+        if not to_read and not to_write:
+            return 0.0
+        estimates = []
+        if to_read:
+            estimates.append(to_read / read_rate if read_rate > 0 else None)
+        if to_write and self.total_bytes is not None:
+            estimates.append(to_write / write_rate if write_rate > 0 else None)
+        return None if None in estimates else max(estimates)  # type: ignore[type-var]
 
     def status_line(self, now: float) -> str:
         queued = self._queued()
-        done = self._work_done(queued)
-        rate = self._rate(now, done)
+        eta = self.eta(now, queued)
         if self.total_files is None and self.paths_read and self.files_done == 0:
             return "reading the path list: %d paths" % self.paths_read
         parts: List[str] = []
-        total = None
+        elapsed = max(now - self.started, 1e-6)
         if self.total_files is not None:
-            total = self._work(self.total_files, self.total_bytes or 0)
-            parts.append("%5.1f%%" % (100 * min(1.0, done / total) if total else 100.0))
+            # The share of the time the whole run takes, as the ETA sees it.
+            fraction = elapsed / (elapsed + eta) if eta is not None else \
+                self.files_done / self.total_files if self.total_files else 1.0
+            parts.append("%5.1f%%" % (100 * fraction))
         files = "%d" % self.files_done
         if self.total_files is not None:
             files += "/%d" % self.total_files
@@ -169,19 +201,14 @@ class ProgressReporter(Reporter):
         if self.total_bytes is not None:
             size += "/" + human_bytes(self.total_bytes)
         parts.append(size)
-        elapsed = max(now - self.started, 1e-6)
         parts.append(human_bytes(self.bytes_done / elapsed) + "/s")
-        if total is not None and self.files_done >= self.total_files:  # type: ignore[operator]
+        if self.total_files is not None and self.files_done >= self.total_files:
             parts.append("all read; %s waiting to be compressed and written" % human_bytes(queued)
                          if queued else "all written; flushing to disk")
         elif queued >= QUEUE_SHOWN_BYTES:
             parts.append("%s queued" % human_bytes(queued))
-        if total is not None:
-            left = max(0.0, total - done)
-            if not left:
-                parts.append("ETA " + human_duration(0))
-            elif rate > 0:
-                parts.append("ETA " + human_duration(left / rate))
+        if eta is not None:
+            parts.append("ETA " + human_duration(eta))
         return " ".join(parts)
 
     def _tick(self) -> None:
@@ -202,6 +229,13 @@ class ProgressReporter(Reporter):
         with self._lock:
             self.stream.write("\n")
             self.stream.flush()
+
+
+class StoreGauge(Protocol):
+    """What the report reads of the store pipeline, from its own thread."""
+
+    handed_bytes: int
+    written_bytes: int
 
 
 def make_reporter(level: str, stream: TextIO) -> Tuple[Reporter, bool]:

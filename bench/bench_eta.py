@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""How true the progress ETA is, on the worst case for a count-based one; prints numbers.
+
+    python3 bench/bench_eta.py [--source /usr/share] [--megabytes 300] [--work DIR]
+        [--compression xz:1]
+
+Builds a tree of real data taken from SOURCE: small files (copies of its
+files under 16 KiB, --small-share of the bytes, 10% by default) and big
+ones (its files run together into 24 MiB pieces, the rest), and backs it up with the small
+files first and the big ones last, standard error on a pseudo-terminal, so
+the progress report is on as for a person.  For each redraw it prints the
+elapsed time, the ETA shown and the time that really remained; then, at
+25%, 50% and 75% of the run, whether the ETA shown was within 30% of the
+truth.
+"""
+
+import argparse
+import os
+import pty
+import re
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Iterator, List, Optional, Tuple
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKSHIFT = [sys.executable, os.path.join(REPO, "bin", "backshift")]
+SMALL_MAX = 16 * 1024
+BIG_SIZE = 24 * 1024 * 1024
+ETA = re.compile(rb"ETA (\d+):(\d\d):(\d\d)")
+
+
+def source_files(source: str) -> Iterator[str]:
+    for where, dirs, names in os.walk(source):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(where, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                yield path
+
+
+def build_tree(source: str, tree: str, total: int, share: float) -> List[bytes]:
+    """Small files then big ones under ``tree``; the path list in that order."""
+    small_dir, big_dir = os.path.join(tree, "small"), os.path.join(tree, "big")
+    os.makedirs(small_dir)
+    os.makedirs(big_dir)
+    paths = [tree, small_dir]
+    small_bytes, big_bytes = 0, 0
+    big: List[str] = []
+    pending = bytearray()
+    small_total = int(total * share)
+    for path in source_files(source):
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError:
+            continue
+        if len(data) < SMALL_MAX and small_bytes < small_total:
+            target = os.path.join(small_dir, "s%06d" % (len(paths) - 2))
+            with open(target, "wb") as handle:
+                handle.write(data)
+            paths.append(target)
+            small_bytes += len(data)
+        elif big_bytes + len(pending) < total - small_total:
+            pending += data
+            if len(pending) >= BIG_SIZE:
+                target = os.path.join(big_dir, "b%03d" % len(big))
+                with open(target, "wb") as handle:
+                    handle.write(pending[:BIG_SIZE])
+                big.append(target)
+                big_bytes += BIG_SIZE
+                del pending[:BIG_SIZE]
+        if small_bytes >= small_total and big_bytes >= total - small_total:
+            break
+    print("tree: %d small files, %.0f MB; %d big files, %.0f MB" % (
+        len(paths) - 2, small_bytes / 1e6, len(big), big_bytes / 1e6))
+    return [os.fsencode(path) for path in paths + [big_dir] + big]
+
+
+def run(savedir: str, paths: List[bytes], compression: str) -> Tuple[List[Tuple[float, int]],
+                                                                      float]:
+    """(seconds since start, ETA shown) of each redraw, and the whole run's seconds."""
+    master, slave = pty.openpty()
+    started = time.monotonic()
+    proc = subprocess.Popen(BACKSHIFT + ["--save-directory", savedir, "--init-savedir",
+                                         "--backup", "--subset", "eta", "--compression",
+                                         compression],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    proc.stdin.write(b"\0".join(paths) + b"\0")
+    proc.stdin.close()
+    redraws: List[Tuple[float, int]] = []
+    tail = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 600)
+        if not ready:
+            break
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the terminal's last writer has gone
+            break
+        if not data:
+            break
+        now = time.monotonic() - started
+        tail += data
+        *lines, tail = tail.split(b"\r")
+        for line in lines:
+            found = ETA.search(line)
+            if found:
+                hours, minutes, seconds = (int(group) for group in found.groups())
+                redraws.append((now, hours * 3600 + minutes * 60 + seconds))
+    os.close(master)
+    proc.wait()
+    ended = time.monotonic() - started
+    if tail.strip():
+        print("last line: %s" % tail.decode(errors="replace").strip())
+    return redraws, ended
+
+
+def shown_at(redraws: List[Tuple[float, int]], moment: float) -> Optional[Tuple[float, int]]:
+    """The last redraw at or before ``moment``."""
+    before = [redraw for redraw in redraws if redraw[0] <= moment]
+    return before[-1] if before else None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", default="/usr/share")
+    parser.add_argument("--megabytes", type=int, default=300)
+    parser.add_argument("--work", default=None)
+    parser.add_argument("--compression", default="xz:1")
+    parser.add_argument("--small-share", type=float, default=0.1)
+    options = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="bench-eta-", dir=options.work)
+    try:
+        paths = build_tree(options.source, os.path.join(work, "tree"),
+                           options.megabytes * 1000 * 1000, options.small_share)
+        redraws, ended = run(os.path.join(work, "save"), paths, options.compression)
+        print("%d redraws in %.1f s" % (len(redraws), ended))
+        print("  elapsed    ETA shown   really left")
+        for when, eta in redraws:
+            print("  %7.1f  %9d s  %10.1f s" % (when, eta, ended - when))
+        failures = 0
+        for share in (0.25, 0.5, 0.75):
+            redraw = shown_at(redraws, share * ended)
+            if redraw is None:
+                print("at %d%%: no ETA shown yet  FAIL" % (share * 100))
+                failures += 1
+                continue
+            when, eta = redraw
+            truth = ended - when
+            error = abs(eta - truth) / truth
+            failures += error > 0.3
+            print("at %d%% (%.1f s): ETA %d s, really %.1f s left, off by %.0f%%  %s" % (
+                share * 100, when, eta, truth, 100 * error, "FAIL" if error > 0.3 else "ok"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
