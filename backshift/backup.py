@@ -369,6 +369,7 @@ class Backup:
             self.record.root = top
             self.record.errors = self.reporter.errors
             self.record.bytes_read = self.source.bytes_read
+            self.record.bytes_added = self.store.bytes_added
             self.record.state = "complete"
             self.record.finished = utc_now()
             self.savedir.catalog.write(self.record)
@@ -397,6 +398,7 @@ class Backup:
         self.store.sync()  # publish only chunks already durable
         self.record.errors = self.reporter.errors
         self.record.bytes_read = self.source.bytes_read
+        self.record.bytes_added = self.store.bytes_added
         self.record.checkpoints += 1
         self.savedir.catalog.write(self.record)
         self.last_checkpoint = time.monotonic()
