@@ -33,7 +33,7 @@ from typing import BinaryIO, Iterable, Iterator, List, Optional, Sequence, Set, 
 
 from .catalog import BackupRecord, CatalogError
 from .checking import scan_tree
-from .objectstore import DIGEST_SIZE, TEMP_PREFIX, fsync_directory, unique_suffix
+from .objectstore import DIGEST_SIZE, TEMP_PREFIX, ObjectStore, fsync_directory, unique_suffix
 from .records import ChunkRef
 from .report import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, StatusLine, human_bytes
 from .retention import Decision, Policy, decide
@@ -132,6 +132,130 @@ def protection_time(beats: Iterable[Heartbeat], now: float, grace: float) -> flo
     return earliest - grace - TIMESTAMP_MARGIN
 
 
+class Sweeper:
+    """Removes unreferenced objects older than P (step 5 of the procedure)."""
+
+    def __init__(self, objects: ObjectStore, progress: StatusLine) -> None:
+        self.objects = objects
+        self.progress = progress
+        self.objects_removed = 0
+        self.bytes_freed = 0
+        self.objects_kept_recent = 0
+        self.trash_restored = 0
+
+    def object_dirs(self) -> Iterator[Tuple[int, str, List[str]]]:
+        """(prefix, directory, names) of each object directory."""
+        for prefix in range(256):
+            directory = os.path.join(self.objects.root, "%02x" % prefix)
+            try:
+                yield prefix, directory, os.listdir(directory)
+            except FileNotFoundError:
+                continue
+
+    def sweep(self, referenced: Set[bytes], protect: float) -> None:
+        for prefix, directory, names in self.object_dirs():
+            removed_here = 0
+            for name in names:
+                if name.startswith(TRASH_PREFIX):
+                    self._restore_trash(directory, name)
+                    continue
+                if not _unreferenced(name, referenced):
+                    continue
+                freed = self._sweep_object(directory, name, protect)
+                if freed is not None:
+                    removed_here += 1
+                    self.objects_removed += 1
+                    self.bytes_freed += freed
+            if removed_here and self.objects.durable:
+                fsync_directory(directory)
+            self.progress.show("expire: sweeping %d%%, %d objects removed, %s freed"
+                               % ((prefix + 1) * 100 // 256, self.objects_removed,
+                                  human_bytes(self.bytes_freed)))
+
+    def count_sweepable(self, referenced: Set[bytes], protect: float) -> Tuple[int, int]:
+        """How many objects, and how many bytes, a sweep would remove now."""
+        objects, freed = 0, 0
+        for _prefix, directory, names in self.object_dirs():
+            for name in names:
+                if not _unreferenced(name, referenced):
+                    continue
+                try:
+                    st = os.lstat(os.path.join(directory, name))
+                except FileNotFoundError:
+                    continue
+                if st.st_mtime < protect:
+                    objects += 1
+                    freed += _allocated(st)
+        return objects, freed
+
+    def _sweep_object(self, directory: str, name: str, protect: float) -> Optional[int]:
+        """Remove one unreferenced object unless it was used since P; bytes freed or None."""
+        path = os.path.join(directory, name)
+        try:
+            if os.lstat(path).st_mtime >= protect:
+                self.objects_kept_recent += 1
+                return None
+        except FileNotFoundError:
+            return None
+        trash = os.path.join(directory, "%s%s-%s" % (TRASH_PREFIX, name,
+                                                      unique_suffix(self.objects.hostname)))
+        try:
+            os.rename(path, trash)
+        except FileNotFoundError:
+            return None
+        # A backup may have touched the object between the lstat and the
+        # rename.  Opening (not just stat'ing) makes NFS fetch fresh attributes.
+        try:
+            fd = os.open(trash, os.O_RDONLY)
+        except FileNotFoundError:
+            return None  # another expire put it back meanwhile
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if st.st_mtime >= protect:
+            self._put_back(trash, path)
+            self.objects_kept_recent += 1
+            return None
+        try:
+            os.unlink(trash)
+        except FileNotFoundError:
+            return None
+        return _allocated(st)
+
+    @staticmethod
+    def _put_back(trash: str, path: str) -> None:
+        try:
+            os.rename(trash, path)  # onto a fresh copy a backup just stored: same bytes
+        except FileNotFoundError:
+            pass
+        except OSError:
+            if os.path.exists(path):  # file systems that refuse to replace
+                os.unlink(trash)
+            else:
+                raise
+
+    def _restore_trash(self, directory: str, name: str) -> None:
+        """An object left aside by an expire that died (or is running): put it back."""
+        digest_hex = name[len(TRASH_PREFIX):len(TRASH_PREFIX) + 2 * DIGEST_SIZE]
+        try:
+            bytes.fromhex(digest_hex)
+        except ValueError:
+            return
+        if len(digest_hex) != 2 * DIGEST_SIZE:
+            return
+        trash = os.path.join(directory, name)
+        path = os.path.join(directory, digest_hex)
+        try:
+            if os.path.exists(path):
+                os.unlink(trash)
+            else:
+                os.rename(trash, path)
+            self.trash_restored += 1
+        except FileNotFoundError:
+            pass
+
+
 class Expiry:
     """One run of --expire over an opened save directory."""
 
@@ -148,12 +272,9 @@ class Expiry:
         self.err = err
         self.verbose = verbose
         self.progress = StatusLine(err)
+        self.sweeper = Sweeper(savedir.objects, self.progress)
         self.backups_removed = 0
-        self.objects_removed = 0
-        self.bytes_freed = 0
-        self.objects_kept_recent = 0
         self.temps_removed = 0
-        self.trash_restored = 0
 
     def decisions(self, beats: Sequence[Heartbeat], now: float) -> List[Decision]:
         """The policy's verdict on every backup of the chosen hosts and subsets."""
@@ -181,7 +302,7 @@ class Expiry:
             _refuse_unreadable(unreadable)
             protect = protection_time(beats, now, self.grace)
             referenced = self._mark(beats)
-            self._sweep(referenced, protect)
+            self.sweeper.sweep(referenced, protect)
         except ExpireError as exc:
             self.progress.clear()
             self.err.write("backshift: expire: %s\n" % exc)
@@ -191,8 +312,9 @@ class Expiry:
         if self.verbose:
             self.err.write("backshift: expire: removed %d backups and %d objects, %s freed; "
                            "kept %d unreferenced recent objects\n"
-                           % (self.backups_removed, self.objects_removed,
-                              human_bytes(self.bytes_freed), self.objects_kept_recent))
+                           % (self.backups_removed, self.sweeper.objects_removed,
+                              human_bytes(self.sweeper.bytes_freed),
+                              self.sweeper.objects_kept_recent))
         return status
 
     def dry_run(self, out: BinaryIO) -> int:
@@ -215,7 +337,7 @@ class Expiry:
             self.err.write("backshift: expire: %s\n" % exc)
             return EXIT_PARTIAL
         protect = protection_time(remaining, now, self.grace)
-        objects, freed = self._count_sweepable(referenced, protect)
+        objects, freed = self.sweeper.count_sweepable(referenced, protect)
         self.progress.clear()
         out.write(("dry run: would remove %d backups, then %d objects (%s)\n"
                    % (len(removed), objects, human_bytes(freed))).encode())
@@ -304,120 +426,6 @@ class Expiry:
             if os.path.exists(self.catalog.path_of(record.backup_id)):
                 raise ExpireError("backup record %s does not parse" % record.backup_id) from None
             return None
-
-    # -- sweep -------------------------------------------------------------------
-
-    def _object_dirs(self) -> Iterator[Tuple[int, str, List[str]]]:
-        """(prefix, directory, names) of each object directory."""
-        for prefix in range(256):
-            directory = os.path.join(self.objects.root, "%02x" % prefix)
-            try:
-                yield prefix, directory, os.listdir(directory)
-            except FileNotFoundError:
-                continue
-
-    def _sweep(self, referenced: Set[bytes], protect: float) -> None:
-        for prefix, directory, names in self._object_dirs():
-            removed_here = 0
-            for name in names:
-                if name.startswith(TRASH_PREFIX):
-                    self._restore_trash(directory, name)
-                    continue
-                if not _unreferenced(name, referenced):
-                    continue
-                freed = self._sweep_object(directory, name, protect)
-                if freed is not None:
-                    removed_here += 1
-                    self.objects_removed += 1
-                    self.bytes_freed += freed
-            if removed_here and self.objects.durable:
-                fsync_directory(directory)
-            self.progress.show("expire: sweeping %d%%, %d objects removed, %s freed"
-                               % ((prefix + 1) * 100 // 256, self.objects_removed,
-                                  human_bytes(self.bytes_freed)))
-
-    def _count_sweepable(self, referenced: Set[bytes], protect: float) -> Tuple[int, int]:
-        """How many objects, and how many bytes, a sweep would remove now."""
-        objects, freed = 0, 0
-        for _prefix, directory, names in self._object_dirs():
-            for name in names:
-                if not _unreferenced(name, referenced):
-                    continue
-                try:
-                    st = os.lstat(os.path.join(directory, name))
-                except FileNotFoundError:
-                    continue
-                if st.st_mtime < protect:
-                    objects += 1
-                    freed += _allocated(st)
-        return objects, freed
-
-    def _sweep_object(self, directory: str, name: str, protect: float) -> Optional[int]:
-        """Remove one unreferenced object unless it was used since P; bytes freed or None."""
-        path = os.path.join(directory, name)
-        try:
-            if os.lstat(path).st_mtime >= protect:
-                self.objects_kept_recent += 1
-                return None
-        except FileNotFoundError:
-            return None
-        trash = os.path.join(directory, "%s%s-%s" % (TRASH_PREFIX, name,
-                                                      unique_suffix(self.savedir.hostname)))
-        try:
-            os.rename(path, trash)
-        except FileNotFoundError:
-            return None
-        # A backup may have touched the object between the lstat and the
-        # rename.  Opening (not just stat'ing) makes NFS fetch fresh attributes.
-        try:
-            fd = os.open(trash, os.O_RDONLY)
-        except FileNotFoundError:
-            return None  # another expire put it back meanwhile
-        try:
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        if st.st_mtime >= protect:
-            self._put_back(trash, path)
-            self.objects_kept_recent += 1
-            return None
-        try:
-            os.unlink(trash)
-        except FileNotFoundError:
-            return None
-        return _allocated(st)
-
-    @staticmethod
-    def _put_back(trash: str, path: str) -> None:
-        try:
-            os.rename(trash, path)  # onto a fresh copy a backup just stored: same bytes
-        except FileNotFoundError:
-            pass
-        except OSError:
-            if os.path.exists(path):  # file systems that refuse to replace
-                os.unlink(trash)
-            else:
-                raise
-
-    def _restore_trash(self, directory: str, name: str) -> None:
-        """An object left aside by an expire that died (or is running): put it back."""
-        digest_hex = name[len(TRASH_PREFIX):len(TRASH_PREFIX) + 2 * DIGEST_SIZE]
-        try:
-            bytes.fromhex(digest_hex)
-        except ValueError:
-            return
-        if len(digest_hex) != 2 * DIGEST_SIZE:
-            return
-        trash = os.path.join(directory, name)
-        path = os.path.join(directory, digest_hex)
-        try:
-            if os.path.exists(path):
-                os.unlink(trash)
-            else:
-                os.rename(trash, path)
-            self.trash_restored += 1
-        except FileNotFoundError:
-            pass
 
     # -- leftovers of dead writers ---------------------------------------------
 

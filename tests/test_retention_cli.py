@@ -2,7 +2,6 @@
 (libfaketime's faketime runs the real program), --dry-run, --delete-backup,
 stray files in backups/, growth per backup, --stats, and a full disk."""
 
-import json
 import os
 import re
 import subprocess
