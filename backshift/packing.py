@@ -19,8 +19,8 @@ before refers to that copy.  Not further back: restoring it would mean
 decompressing a whole pack far from the ones its neighbours are in.
 
 Entries are handed over before their pack is complete; they are *pending*
-until the pack is cut, when every pending entry gets its reference at once
-and ``on_cut`` is told, so that the caller can encode them.
+(``Entry.pending``) until the pack is cut, when every pending entry gets its
+reference at once and ``on_cut`` is told, so that the caller can encode them.
 """
 
 import collections
@@ -102,7 +102,7 @@ class Packer:
             if ref is not None:
                 entry.chunks, entry.offset = [ref], offset
                 return True
-            self._pending.append((entry, offset))
+            self._wait(entry, offset)
             # Repeats of a content still count against max_files, which
             # bounds the pending entries a backup holds.
             if len(self._pending) >= self.params.max_files:
@@ -110,7 +110,7 @@ class Packer:
             return False
         offset = len(self._buffer)
         self._buffer += content
-        self._pending.append((entry, offset))
+        self._wait(entry, offset)
         self._pending_keys.append(key)
         self._known[key] = (None, offset)
         if self._should_cut(key, len(content)):
@@ -121,12 +121,18 @@ class Packer:
         """Give ``entry`` (a hard link) the content reference of ``first``, pending or not."""
         entry.flags |= FLAG_PACKED
         entry.content_digest = first.content_digest
-        for pending, offset in self._pending:
-            if pending is first:
-                self._pending.append((entry, offset))
-                return False
+        if first.pending:
+            for pending, offset in self._pending:
+                if pending is first:
+                    self._wait(entry, offset)
+                    return False
         entry.chunks, entry.offset = list(first.chunks), first.offset
         return True
+
+    def _wait(self, entry: Entry, offset: int) -> None:
+        """``entry`` gets its reference at the next cut; until then it is ``pending``."""
+        entry.pending = True
+        self._pending.append((entry, offset))
 
     def _should_cut(self, key: bytes, length: int) -> bool:
         params = self.params
@@ -146,6 +152,7 @@ class Packer:
         self.packs += 1
         for entry, offset in self._pending:
             entry.chunks, entry.offset = [ref], offset
+            entry.pending = False
         for key in self._pending_keys:
             self._known[key] = (ref, self._known[key][1])
         self._recent.append(self._pending_keys)
