@@ -161,9 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--last-n", metavar="N", type=_positive_int,
                          help="with --list-backups: only the newest N")
     expire = parser.add_argument_group(
-        "expiring", "Rules are applied to each host and subset on its own; a backup any rule "
-        "keeps is kept.  Only complete backups that saved files count (never empty, failed or "
-        "unfinished ones).  Hours, days, weeks (ISO) and months are those of UTC; a period "
+        "expiring", "Each host and subset on its own; a backup any rule keeps is kept.  Only\n"
+        "complete backups that saved files count (never empty, failed or unfinished\n"
+        "ones).  Hours, days, ISO weeks, months and years are those of UTC; a period\n"
         "without a backup is not counted.")
     expire.add_argument("--keep-last", metavar="N", type=_count, default=0,
                         help="keep the newest N backups")
@@ -237,6 +237,8 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None,
         return 130
     except OSError as exc:
         where = exc.filename if exc.filename is not None else ""
+        if not where and exc.errno == errno.ENOSPC and args is not None:
+            where = args.save_directory or ""  # a full disk: say which
         stderr.write("backshift: %s%s\n" % ("%s: " % os.fsdecode(where) if where else "",
                                            exc.strerror or exc))
         return EXIT_FATAL
