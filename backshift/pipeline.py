@@ -41,11 +41,11 @@ import queue
 import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .compression import Compressor
 from .objectstore import ObjectStore, digest_of
-from .records import KIND_DIR, ChunkRef, Entry
+from .records import KIND_DIR, Entry
 from .tree import TreeReader
 
 # Compression keeps every core busy; the extra threads wait in fsync (a disk
@@ -58,10 +58,6 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 # the kernel is asked to fetch (its own readahead continues from there).
 READAHEAD_PATHS = 128
 READAHEAD_BYTES = 1024 * 1024
-# A directory record's chunks fetched ahead of the one being read, and the
-# entries decoded ahead of a walk (for their subdirectories' first chunks).
-RECORD_CHUNKS_AHEAD = 4
-RECORD_LOOKAHEAD = 512
 
 
 def default_workers() -> int:
@@ -189,33 +185,23 @@ class RecordCache:
 
 
 class ReadAheadTreeReader(TreeReader):
-    """A TreeReader that reads directory records ahead of a depth-first walk.
+    """A TreeReader that, on reading a record, starts reading its subdirectories' records.
 
-    While a record is read, its next chunks are fetched in the background,
-    and the entries just ahead of the walk are decoded early so that the
-    first chunks of their subdirectories' records are fetched too.  Memory
-    stays bounded whatever a directory's size: a few chunks and
-    ``RECORD_LOOKAHEAD`` decoded entries per directory being walked.
+    A depth-first walk reads a record just before it needs it; with this,
+    decompressing and reading the next records overlaps with the work on
+    the current one.
     """
 
     def __init__(self, objects: ObjectStore, workers: Optional[int] = None) -> None:
         self.cache = RecordCache(objects, workers)
         super().__init__(self.cache)  # type: ignore[arg-type]
 
-    def pieces(self, chunks: Sequence[ChunkRef]) -> Iterator[bytes]:
-        for index, (digest, _length) in enumerate(chunks):
-            self.cache.prefetch(chunks[index + 1:index + 1 + RECORD_CHUNKS_AHEAD])
-            yield self.cache.get(digest)
-
-    def decoded(self, spans: Iterator[Tuple[bytes, int]]) -> Iterator[Entry]:
-        ahead: Deque[Entry] = collections.deque()
-        for entry in super().decoded(spans):
+    def parse(self, record: bytes) -> Iterator[Entry]:
+        entries = list(super().parse(record))
+        for entry in entries:
             if entry.kind == KIND_DIR:
-                self.cache.prefetch(entry.chunks[:RECORD_CHUNKS_AHEAD])
-            ahead.append(entry)
-            if len(ahead) > RECORD_LOOKAHEAD:
-                yield ahead.popleft()
-        yield from ahead
+                self.cache.prefetch(entry.chunks)
+        return iter(entries)
 
     def close(self) -> None:
         self.cache.close()

@@ -14,7 +14,7 @@ from .chunking import Chunker
 from .compression import Compressor
 from .objectstore import ObjectError, ObjectStore
 from .records import (FLAG_IMPLICIT, FLAG_INLINE, KIND_DIR, ChunkRef, Entry, RecordError,
-                      decode_entry, encode_entry, entry_spans, record_header)
+                      encode_entry, iter_entries, record_header)
 
 # on_damage(directory path, reason): a directory record that cannot be read.
 DamageHandler = Callable[[bytes, str], None]
@@ -45,28 +45,17 @@ class TreeReader:
         return b"".join(self.objects.get(digest) for digest, _length in chunks)
 
     def entries(self, chunks: Sequence[ChunkRef]) -> Iterator[Entry]:
-        """Entries of a record stored as ``chunks``, read one chunk at a time.
-
-        Lazy: a chunk that cannot be read raises ObjectError when the walk
-        gets to it, after the entries before it.
-        """
-        return self.decoded(entry_spans(self.pieces(chunks)))
-
-    def pieces(self, chunks: Sequence[ChunkRef]) -> Iterator[bytes]:
-        """The contents of a record's chunks in order (a hook for readers that look ahead)."""
-        for digest, _length in chunks:
-            yield self.objects.get(digest)
+        return self.parse(self.read_record(chunks))
 
     def dir_entries(self, directory: Entry) -> Iterator[Entry]:
         """Entries of a directory, whose record is inline in its entry or in chunks."""
         if directory.flags & FLAG_INLINE:
-            return self.decoded(entry_spans([directory.inline or b""]))
+            return self.parse(directory.inline or b"")
         return self.entries(directory.chunks)
 
-    def decoded(self, spans: Iterator[Tuple[bytes, int]]) -> Iterator[Entry]:
-        """Entries decoded from entry_spans (a hook for readers that look ahead)."""
-        for buf, offset in spans:
-            yield decode_entry(buf, offset)[0]
+    def parse(self, record: bytes) -> Iterator[Entry]:
+        """Entries of a record's bytes (a hook for readers that look ahead)."""
+        return iter_entries(record)
 
     def root_entries(self, root: Sequence[ChunkRef]) -> List[Entry]:
         """The root directory entry (normally one) of a backup's top record."""
@@ -112,7 +101,8 @@ class TreeReader:
         if entry.kind == KIND_DIR:
             # Depth-first with an explicit stack of record iterators keeps
             # deep trees off the Python call stack.
-            stack: List[Tuple[bytes, Iterator[Entry]]] = [(path, self.dir_entries(entry))]
+            stack: List[Tuple[bytes, Iterator[Entry]]] = []
+            self._push(stack, path, entry, on_damage)
             while stack:
                 parent, children = stack[-1]
                 try:
@@ -123,12 +113,6 @@ class TreeReader:
                     on_damage(parent, "directory record does not parse (%s); "
                                       "the rest of this directory is lost" % exc)
                     child = None
-                except ObjectError as exc:
-                    if on_damage is None:
-                        raise
-                    on_damage(parent, "directory contents lost: %s (object %s)"
-                              % (exc.reason, exc.digest.hex()))
-                    child = None
                 if child is None:
                     stack.pop()
                     continue
@@ -136,7 +120,17 @@ class TreeReader:
                 if include_implicit or not child.flags & FLAG_IMPLICIT:
                     yield child_path, child
                 if child.kind == KIND_DIR and recursive:
-                    stack.append((child_path, self.dir_entries(child)))
+                    self._push(stack, child_path, child, on_damage)
+
+    def _push(self, stack: List[Tuple[bytes, Iterator[Entry]]], path: bytes,
+              directory: Entry, on_damage: Optional[DamageHandler]) -> None:
+        try:
+            stack.append((path, self.dir_entries(directory)))
+        except ObjectError as exc:
+            if on_damage is None:
+                raise
+            on_damage(path, "directory contents lost: %s (object %s)"
+                      % (exc.reason, exc.digest.hex()))
 
 
 class RecordWriter:
