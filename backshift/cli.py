@@ -12,7 +12,8 @@ import sys
 from typing import BinaryIO, Iterable, List, Optional, Sequence
 
 from . import __version__
-from .backup import Backup, BackupOptions, iter_nul_paths
+from .backup import Backup, BackupOptions
+from .pathinput import iter_nul_paths
 from .catalog import CatalogError
 from .compression import CompressionSpec
 from .listing import list_backup, list_backups

@@ -19,8 +19,8 @@ before refers to that copy.  Not further back: restoring it would mean
 decompressing a whole pack far from the ones its neighbours are in.
 
 Entries are handed over before their pack is complete; they are *pending*
-until the pack is cut, when every pending entry gets its reference at once
-and ``on_cut`` is told, so that the caller can encode them.
+(``Entry.pending``) until the pack is cut, when every pending entry gets its
+reference at once and ``on_cut`` is told, so that the caller can encode them.
 """
 
 import collections
@@ -123,7 +123,7 @@ class Packer:
             if not isinstance(where, _Lane):
                 entry.chunks, entry.offset = [where], offset
                 return True
-            self._pending.append((entry, where, offset))
+            self._wait(entry, where, offset)
             # Repeats of a content still count against max_files, which
             # bounds the pending entries a backup holds.
             if len(self._pending) >= self.params.max_files:
@@ -134,7 +134,7 @@ class Packer:
         lane.buffer += content
         lane.keys.append(key)
         self._size += len(content)
-        self._pending.append((entry, lane, offset))
+        self._wait(entry, lane, offset)
         self._known[key] = (lane, offset)
         if self._should_cut(key, len(content)):
             self.cut()
@@ -144,12 +144,18 @@ class Packer:
         """Give ``entry`` (a hard link) the content reference of ``first``, pending or not."""
         entry.flags |= FLAG_PACKED
         entry.content_digest = first.content_digest
-        for pending, lane, offset in self._pending:
-            if pending is first:
-                self._pending.append((entry, lane, offset))
-                return False
+        if first.pending:
+            for pending, lane, offset in self._pending:
+                if pending is first:
+                    self._wait(entry, lane, offset)
+                    return False
         entry.chunks, entry.offset = list(first.chunks), first.offset
         return True
+
+    def _wait(self, entry: Entry, lane: _Lane, offset: int) -> None:
+        """``entry`` gets its reference at the next cut; until then it is ``pending``."""
+        entry.pending = True
+        self._pending.append((entry, lane, offset))
 
     def _should_cut(self, key: bytes, length: int) -> bool:
         params = self.params
@@ -177,6 +183,7 @@ class Packer:
             lane.keys = []
         for entry, lane, offset in self._pending:
             entry.chunks, entry.offset = [refs[id(lane)]], offset
+            entry.pending = False
         self._recent.append(cut_keys)
         if len(self._recent) > DEDUP_PACKS:
             for key in self._recent.popleft():

@@ -79,7 +79,7 @@ class Entry:
 
     __slots__ = ("name", "kind", "flags", "mode", "uid", "gid", "mtime_ns", "ctime_ns",
                  "ino", "size", "nlink", "rdev_major", "rdev_minor", "uname", "gname",
-                 "target", "inline", "chunks", "offset", "content_digest", "extras")
+                 "target", "inline", "chunks", "offset", "content_digest", "extras", "pending")
 
     def __init__(self, name: bytes, kind: bytes, *, flags: int = 0, mode: int = 0,
                  uid: int = 0, gid: int = 0, mtime_ns: int = 0, ctime_ns: int = 0,
@@ -109,6 +109,9 @@ class Entry:
         self.offset = offset  # where a PACKED file's content starts in its pack
         self.content_digest = content_digest  # of a PACKED file's content (16 bytes)
         self.extras = extras if extras is not None else {}
+        # In memory only, never encoded: while a backup runs, the entry
+        # waits for a pack to be cut (packing.py) before it can be encoded.
+        self.pending = False
 
     def __repr__(self) -> str:
         return "Entry(%r, %r, size=%d, flags=%#x)" % (self.name, self.kind, self.size, self.flags)
