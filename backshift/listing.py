@@ -57,14 +57,16 @@ def _text(value: str) -> str:
     return quote_name(value.encode("utf-8", "surrogateescape")).decode("utf-8", "replace")
 
 
-BACKUP_HEADER = ("ID", "HOST", "SUBSET", "STARTED", "FINISHED", "FILES", "SIZE")
+BACKUP_HEADER = ("ID", "HOST", "SUBSET", "STARTED", "FINISHED", "FILES", "SIZE", "ADDED")
 
 
 def backup_fields(record: BackupRecord, human: bool = False) -> Tuple[str, ...]:
-    """id, host, subset, start, finish (or state), files, bytes (human-sized if ``human``)."""
+    """id, host, subset, start, finish (or state), files, bytes, bytes added (the sizes
+    human-sized if ``human``)."""
+    size = human_bytes if human else str
     return (record.backup_id, _text(record.hostname), _text(record.subset),
             _time(record.started), _finished(record), str(record.files),
-            human_bytes(record.bytes) if human else str(record.bytes))
+            size(record.bytes), size(record.bytes_added))
 
 
 def list_backups(records: Sequence[BackupRecord], out: BinaryIO, form: str = "tsv") -> None:

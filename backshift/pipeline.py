@@ -86,6 +86,15 @@ class StorePipeline:
         self.handed_bytes = 0
         self.written_bytes = 0
         self._written_lock = threading.Lock()
+        # ObjectStore.put writes a file only for an object not present
+        # (else it touches it): what it wrote since we began is our growth.
+        self._written_before = objects.bytes_written
+
+    @property
+    def bytes_added(self) -> int:
+        """Bytes of object files this pipeline added to the save directory (after ``sync``,
+        all of those handed over)."""
+        return self.objects.bytes_written - self._written_before
 
     def put(self, data: bytes, compressor: Compressor, digest: Optional[bytes] = None) -> bytes:
         """Hand ``data`` over for storing; return its digest."""

@@ -239,7 +239,7 @@ def test_list_backups_for_people_and_for_scripts(savedir, tmp_path):
                                extra=["--hostname", "my host\tx"])
     line, = _lines(["--save-directory", savedir, "--list-backups"])
     fields = line.decode().split("\t")
-    assert fields[:3] == [backup_id, "my host\\tx", "test"] and fields[5:] == ["1", "5"]
+    assert fields[:3] == [backup_id, "my host\\tx", "test"] and fields[5:7] == ["1", "5"]
     # On a terminal: a header and aligned columns.
     master, slave = pty.openpty()
     proc = subprocess.Popen(helpers.BACKSHIFT + ["--save-directory", savedir,
@@ -258,8 +258,9 @@ def test_list_backups_for_people_and_for_scripts(savedir, tmp_path):
     os.close(master)
     assert proc.wait(timeout=60) == 0
     header, row = shown.decode().splitlines()
-    assert header.split() == ["ID", "HOST", "SUBSET", "STARTED", "FINISHED", "FILES", "SIZE"]
-    assert row.index("my host") == header.index("HOST") and row.endswith("5 B")
+    assert header.split() == ["ID", "HOST", "SUBSET", "STARTED", "FINISHED", "FILES", "SIZE",
+                              "ADDED"]
+    assert row.index("my host") == header.index("HOST") and " 5 B " in row
     assert row.index(" test ") + 1 == header.index("SUBSET")
 
 
