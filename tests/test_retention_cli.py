@@ -280,7 +280,7 @@ def test_bytes_added_and_stats(savedir, tmp_path):
     listing = helpers.run_ok(["--save-directory", savedir, "--list-backups"]).stdout.decode()
     for backup_id in (first, second):
         line = [l for l in listing.splitlines() if l.startswith(backup_id)][0]
-        assert line.endswith(", %d bytes added" % added[backup_id]), line
+        assert line.split("\t")[-1] == "%d" % added[backup_id], line
 
     stats = helpers.run_ok(["--save-directory", savedir, "--stats"]).stdout.decode()
     value = lambda name: re.search(r"^%s: +(\S+)" % name, stats, re.M).group(1)  # noqa: E731

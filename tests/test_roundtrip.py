@@ -121,6 +121,6 @@ def test_list_backups_shows_host_subset_and_state(tmp_path, savedir):
                                extra=["--hostname", "alpha"])
     lines = helpers.run_ok(["--save-directory", savedir, "--list-backups"]).stdout.splitlines()
     assert len(lines) == 1
-    fields = lines[0].decode().split()
+    fields = lines[0].decode().split("\t")
     assert fields[0] == backup_id and fields[1:3] == ["alpha", "home"]
-    assert fields[4] != "unfinished" and "1 files 5 bytes" in lines[0].decode()
+    assert fields[4] != "unfinished" and fields[5:7] == ["1", "5"]
