@@ -31,6 +31,7 @@ from .report import Reporter, StatusLine, human_bytes, human_duration
 LEVELS = ("none", "minimal", "moderate", "full")
 PER_FILE_BYTES = 64 * 1024
 RATE_WINDOW = 15.0
+STALL_FLOOR = 0.5
 TICK_SECONDS = 0.5
 QUEUE_SHOWN_BYTES = 1024 * 1024
 
@@ -159,7 +160,11 @@ class ProgressReporter(Reporter):
         then, read_then, written_then = samples[0]
         if now <= then:
             return 0.0, 0.0
-        return (read - read_then) / (now - then), (written - written_then) / (now - then)
+        # A pause (another program flushing the disk, say) must not make the
+        # ETA explode: never below a fraction of the whole run's average.
+        run = max(now - self.started, 1e-6)
+        return (max((read - read_then) / (now - then), STALL_FLOOR * read / run),
+                max((written - written_then) / (now - then), STALL_FLOOR * written / run))
 
     def eta(self, now: float, queued: int) -> Optional[float]:
         """Seconds left: the slower of reading what is left, and writing what is
