@@ -352,3 +352,24 @@ def four_at_once(savedir: str, base: str, extra: Tuple[str, ...] = ()) -> None:
                  if name.startswith(".tmp-")]
     assert not leftovers
     run_ok(["--save-directory", savedir, "--check"])
+
+
+def read_terminal(master: int, timeout: float = 120) -> List[Tuple[float, bytes]]:
+    """(arrival time, bytes) of all written to a pseudo-terminal until its last writer
+    closes it; closes ``master``."""
+    import select
+    import time
+    arrivals = []
+    while True:
+        ready, _, _ = select.select([master], [], [], timeout)
+        if not ready:
+            break
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the terminal's last writer has gone
+            break
+        if not data:
+            break
+        arrivals.append((time.monotonic(), data))
+    os.close(master)
+    return arrivals

@@ -246,16 +246,7 @@ def test_list_backups_for_people_and_for_scripts(savedir, tmp_path):
                                                  "--list-backups"], stdout=slave,
                             stderr=subprocess.PIPE)
     os.close(slave)
-    shown = b""
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # the terminal's last writer has gone
-            break
-        if not data:
-            break
-        shown += data
-    os.close(master)
+    shown = b"".join(data for _when, data in helpers.read_terminal(master))
     assert proc.wait(timeout=60) == 0
     header, row = shown.decode().splitlines()
     assert header.split() == ["ID", "HOST", "SUBSET", "STARTED", "FINISHED", "FILES", "SIZE",

@@ -10,30 +10,9 @@ import base64
 import os
 import pty
 import re
-import select
 import subprocess
-import time
 
 import helpers
-
-
-def _read_terminal(master: int, proc: subprocess.Popen):
-    """(arrival time, bytes) of everything written to the terminal, until its writer exits."""
-    arrivals = []
-    while True:
-        ready, _, _ = select.select([master], [], [], 120)
-        if not ready:
-            break
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # the terminal's last writer has gone
-            break
-        if not data:
-            break
-        arrivals.append((time.monotonic(), data))
-    os.close(master)
-    assert proc.wait(timeout=120) == 0
-    return arrivals
 
 
 def test_progress_is_redrawn_every_second_through_the_final_drain(savedir, tmp_path):
@@ -50,7 +29,8 @@ def test_progress_is_redrawn_every_second_through_the_final_drain(savedir, tmp_p
     os.close(slave)
     proc.stdin.write(helpers.find_print0("src", str(tmp_path)))
     proc.stdin.close()
-    arrivals = _read_terminal(master, proc)
+    arrivals = helpers.read_terminal(master)
+    assert proc.wait(timeout=120) == 0
     shown = b"".join(data for _when, data in arrivals)
     # A redraw is a carriage return not followed by the terminal's newline.
     redraws = [when for when, data in arrivals if re.search(rb"\r(?!\n)", data)]
