@@ -371,13 +371,18 @@ class SourceFile:
         self._advised = self.offset
 
     def changed_while_read(self) -> bool:
-        """Did size or mtime move since open, or did we read other than st_size bytes?"""
+        """Did size, mtime or ctime move since open, or did we read other than st_size bytes?
+
+        The ctime as GNU tar checks it: a rewrite in place whose writer then
+        set the mtime back (as rsync or a careful tool may) still moves it.
+        """
         try:
             now = os.fstat(self.fd)
         except OSError:
             return True
-        return (now.st_size != self.stat.st_size or now.st_mtime_ns != self.stat.st_mtime_ns
-                or self.offset != self.stat.st_size)
+        before = self.stat
+        return (now.st_size != before.st_size or now.st_mtime_ns != before.st_mtime_ns
+                or now.st_ctime_ns != before.st_ctime_ns or self.offset != before.st_size)
 
 
 def device_numbers(rdev: int) -> Tuple[int, int]:
