@@ -140,6 +140,7 @@ class Backup:
     def _update(self, record: BackupRecord) -> None:
         record.errors = self.reporter.errors
         record.bytes_read = self.source.bytes_read
+        record.bytes_added = self.store.bytes_added
 
     def _pack_cut(self) -> None:
         self.builder.resolve(self.stack.dirs)
