@@ -14,8 +14,8 @@ from typing import BinaryIO, Iterable, List, Optional, Sequence
 
 from . import __version__
 from .backup import Backup, BackupOptions
-from .pathinput import iter_nul_paths
-from .catalog import CatalogError
+from .pathinput import InputError, iter_nul_paths
+from .catalog import STATE_FAILED, CatalogError
 from .compression import CompressionSpec
 from .listing import list_backup, list_backups
 from .objectstore import ObjectError
@@ -215,7 +215,7 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None,
     except UsageError as exc:
         stderr.write("backshift: %s (see backshift --help)\n" % exc)
         return EXIT_FATAL
-    except (SaveDirError, CatalogError) as exc:
+    except (SaveDirError, CatalogError, InputError) as exc:
         stderr.write("backshift: %s\n" % exc)
         return EXIT_FATAL
     except (ObjectError, RecordError) as exc:
@@ -388,7 +388,7 @@ def _produce_tar(args, savedir: SaveDir, reader: TreeReader, record, start: byte
 def _paths(args: argparse.Namespace, stdin: BinaryIO) -> Iterable[bytes]:
     if args.filelist:
         handle = open(args.filelist, "rb")
-        return iter_nul_paths(handle)
+        return iter_nul_paths(handle, args.filelist)
     if is_terminal(stdin):
         # Nobody types NUL-separated paths: the find pipe was forgotten.
         raise UsageError("--backup reads NUL-separated paths from stdin, which is a terminal; "
@@ -431,7 +431,7 @@ def _backup(args: argparse.Namespace, savedir: SaveDir, hostname: str, stdin: Bi
     if level != "none":
         stderr.write("backshift: backup %s complete: %d files, %d bytes, %d errors\n"
                      % (record.backup_id, record.files, record.bytes, record.errors))
-    return EXIT_PARTIAL if record.errors else EXIT_OK
+    return EXIT_PARTIAL if record.errors or record.state == STATE_FAILED else EXIT_OK
 
 
 def _full_message(savedir: SaveDir, backup_id: str, exc: OSError) -> str:

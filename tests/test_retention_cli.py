@@ -203,6 +203,8 @@ def test_delete_backup(savedir, tmp_path):
     proc = subprocess.Popen(helpers.BACKSHIFT + ["--save-directory", savedir, "--backup",
                                                  "--subset", "other", "--no-fsync"],
                             stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(tmp_path))
+    proc.stdin.write(b"src\0")  # a first path: only then is its record written
+    proc.stdin.flush()
     try:
         deadline = time.monotonic() + 60
         while len(helpers.list_ids(savedir)) < 3:
