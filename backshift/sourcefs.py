@@ -146,6 +146,9 @@ class SourceTree:
         try:
             return os.readlink(name, dir_fd=self._parents.parent_fd(parent))
         except OSError as exc:
+            if exc.errno == errno.EINVAL:  # lstat saw a symlink; something else is there now
+                raise SourceError("changed during backup (no longer a symlink); not saved") \
+                    from None
             raise SourceError(_reason(exc)) from None
 
     def xattrs(self, path: bytes) -> Tuple[Dict[bytes, bytes], Optional[str]]:
