@@ -6,21 +6,18 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import threading
 import time
 
 import pytest
 
 import helpers
+from helpers import HOURS_AGO_2, MIB, FedBackup, age_files, wait_until
 from backshift.catalog import BackupRecord
 from backshift.expiry import TIMESTAMP_MARGIN, Heartbeat, protection_time
 from backshift.retention import parse_duration
 from backshift.savedir import SaveDir
 from backshift.tree import TreeReader
-
-MIB = 1024 * 1024
-HOURS_AGO_2 = 2 * 3600
 
 
 def expire(savedir, *args, expect=0):
@@ -34,14 +31,6 @@ def removed_counts(report: str):
     match = re.search(r"removed (\d+) backups and (\d+) objects", report)
     assert match, report
     return int(match.group(1)), int(match.group(2))
-
-
-def age_files(top: str, seconds: float) -> None:
-    """Pretend everything under ``top`` was last written ``seconds`` ago."""
-    then = time.time() - seconds
-    for dirpath, _dirnames, filenames in os.walk(top):
-        for name in filenames:
-            os.utime(os.path.join(dirpath, name), (then, then))
 
 
 def object_files(savedir: str):
@@ -166,36 +155,6 @@ def test_max_age_keep_last_host_and_subset(tmp_path, savedir):
     expire(savedir, "--max-age", "0s", expect=2)
     expire(savedir, expect=2)
     assert helpers.list_ids(savedir) == left
-
-
-class FedBackup:
-    """A backup process fed its paths through a pipe, a few at a time.
-
-    Between feeds it waits for input (as behind a slow find): running,
-    unfinished, its record written, touching nothing more.
-    """
-
-    def __init__(self, savedir, cwd, subset="test", extra=()):
-        self.proc = subprocess.Popen(helpers.BACKSHIFT + [
-            "--save-directory", savedir, "--backup", "--subset", subset, "--no-fsync"]
-            + list(extra), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, cwd=str(cwd))
-
-    def feed(self, paths: bytes) -> None:
-        self.proc.stdin.write(paths)
-        self.proc.stdin.flush()
-
-    def finish(self, paths: bytes = b""):
-        """Send the last paths and end of input; (exit status, stderr)."""
-        _out, err = self.proc.communicate(paths, timeout=300)
-        return self.proc.returncode, err
-
-
-def wait_until(predicate, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_objects_a_running_backup_found_present_survive_expiry(tmp_path, savedir):
