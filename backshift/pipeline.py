@@ -351,11 +351,11 @@ class ReadAhead:
         feed = _Feed(self.depth)
         # Not daemon threads: one blocked reading stdin at interpreter exit
         # would abort Python.  Stopped, the reader quits at its next path.
-        for target, args in ((self._hint, ()), (self._take, (paths, feed))):
-            thread = threading.Thread(target=target, args=args, name="backshift-readahead")
-            thread.start()
-            self._threads.append(thread)
         try:
+            for target, args in ((self._hint, ()), (self._take, (paths, feed))):
+                thread = threading.Thread(target=target, args=args, name="backshift-readahead")
+                thread.start()
+                self._threads.append(thread)
             while True:
                 for item in feed.take_all():
                     if item is _END:
@@ -367,6 +367,9 @@ class ReadAhead:
                         yield path
         finally:
             self._stop.set()
+            # Ends the hint thread even if the reader never started (an
+            # interrupt between the two starts would leave it waiting).
+            self._hints.put(None)
 
     def _take(self, paths: Iterable[bytes], feed: "_Feed") -> None:
         # Paths go over in batches where the input offers them so (NulPaths:

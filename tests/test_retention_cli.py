@@ -206,10 +206,9 @@ def test_delete_backup(savedir, tmp_path):
     proc.stdin.write(b"src\0")  # a first path: only then is its record written
     proc.stdin.flush()
     try:
-        deadline = time.monotonic() + 60
-        while len(helpers.list_ids(savedir)) < 3:
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.01)
+        helpers.wait_until(lambda: proc.poll() is not None or len(helpers.list_ids(savedir)) >= 3,
+                           timeout=60, what="the third record")
+        assert proc.poll() is None
         (running,) = set(helpers.list_ids(savedir)) - {first, second}
         assert helpers.read_record(savedir, running)["state"] == "unfinished"
 
