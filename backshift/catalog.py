@@ -12,7 +12,7 @@ import os
 import re
 from typing import Any, Dict, Iterator, List, Optional, Set
 
-from .objectstore import TEMP_PREFIX, fsync_directory, write_file_atomically
+from .atomic import TEMP_PREFIX, fsync_directory, write_file_atomically
 from .records import ChunkRef
 
 BACKUPS_DIR = "backups"

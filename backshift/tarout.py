@@ -2,8 +2,11 @@
 
 File data is streamed chunk by chunk straight from the object store, so no
 file is ever held whole in memory and nothing is written to disk.  Names
-are relative: the backup's root is ``./`` and no member name has a leading
-``/`` or a ``..`` component (a record holding one is reported and skipped).
+are relative: the backup's root is ``./``; the tree walker (tree.py) lets
+through only valid names, each under a directory, so no member climbs out
+or lies below a non-directory member.  A hard link names only a member
+this stream wrote earlier as a regular file; any other is written as a
+regular file from its own data.
 Symlink targets are written exactly as stored.  A chunk that is missing or
 damaged is reported and replaced by zeros of its length, so the stream
 stays well formed.
@@ -34,12 +37,12 @@ import struct
 import tarfile
 from typing import BinaryIO, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
-from .objectstore import ObjectError, ObjectStore
+from .objectstore import ObjectError, ObjectReader
 from .pipeline import Prefetcher, ReadAheadTreeReader
 from .records import (FLAG_INLINE, FLAG_PACKED, FLAG_PARTIAL, FLAG_SPARSE, KIND_BLOCK,
                       KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_HARDLINK, KIND_SYMLINK,
                       SPARSE_KEY, XATTR_PREFIX, ChunkRef, Entry, Extent, RecordError, decode_extents)
-from .tree import TreeReader
+from .tree import is_relative_path
 
 FORMATS = {"gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT, "ustar": tarfile.USTAR_FORMAT}
 BLOCK = tarfile.BLOCKSIZE
@@ -65,16 +68,9 @@ class TarFormatError(Exception):
     """An entry the chosen tar format cannot represent."""
 
 
-def member_name(path: bytes) -> str:
-    """The tar name of a backup path (str with surrogate escapes for raw bytes)."""
-    return os.fsdecode(path) if path else "."
-
-
 def safe_member(path: bytes) -> bool:
-    """Is ``path`` relative, without empty, '.' or '..' components?"""
-    if not path:
-        return True
-    return all(part not in (b"", b".", b"..") for part in path.split(b"/"))
+    """Is ``path`` the root (b"") or valid entry names joined by '/'?"""
+    return not path or is_relative_path(path)
 
 
 def _text(value: bytes) -> str:
@@ -169,13 +165,12 @@ class _Member:
 class TarWriter:
     """Writes entries of one backup as a tar stream."""
 
-    def __init__(self, out: BinaryIO, objects: ObjectStore, tar_format: str = "gnu",
+    def __init__(self, out: BinaryIO, fetch: Callable[[bytes], bytes], tar_format: str = "gnu",
                  on_damage: Optional[Callable[[bytes, str], None]] = None,
                  on_skip: Optional[Callable[[bytes, str], None]] = None) -> None:
         self.out = out
-        self.objects = objects
-        # Where chunk contents come from; produce_tar puts a Prefetcher here.
-        self.fetch: Callable[[bytes], bytes] = objects.get
+        # Where chunk contents come from (an object store's get, or a Prefetcher's).
+        self.fetch = fetch
         self.format = FORMATS[tar_format]
         self.format_name = tar_format
         self.on_damage = on_damage or (lambda path, reason: None)
@@ -214,13 +209,18 @@ class TarWriter:
 
     def _member(self, path: bytes, entry: Entry) -> _Member:
         if not safe_member(path):
-            raise TarFormatError("%s: unsafe member name (absolute or with '..'); skipped"
-                                 % os.fsdecode(path))
+            raise TarFormatError("%s: unsafe member name (absolute, or with an empty, "
+                                 "'.' or '..' component, or NUL); skipped" % os.fsdecode(path))
         if entry.kind == KIND_HARDLINK:
+            if not is_relative_path(entry.target):
+                self.damage(path, "hard link target %r is not a path within the backup; "
+                                  "written as a regular file" % entry.target)
             target = self._link_moved.get(entry.target, entry.target)
             if target in self._link_targets:
                 return _Member(path, entry, tarfile.LNKTYPE, target)
-            # The first link inside the stream carries the data.
+            # Only a member this stream wrote as a regular file is linked to
+            # (a target elsewhere could be a symlink's path, or outside):
+            # the first link inside the stream carries the data.
         elif entry.kind == KIND_SYMLINK:
             return _Member(path, entry, tarfile.SYMTYPE, entry.target)
         elif entry.kind != KIND_FILE:
@@ -380,7 +380,7 @@ class TarWriter:
         try:
             extents = decode_extents(entry.extras.get(SPARSE_KEY, b""), entry.size)
         except RecordError as exc:
-            self._damage(member.path, str(exc))
+            self.damage(member.path, str(exc))
             extents = []
         stored = self._stored(member.path, entry, sum(length for _, length in extents))
         pending = b""
@@ -413,13 +413,13 @@ class TarWriter:
                 try:
                     data = self.fetch(digest)
                 except ObjectError as exc:
-                    self._damage(path, exc.reason + " (object %s)" % digest.hex())
+                    self.damage(path, exc.reason + " (object %s)" % digest.hex())
                     data = bytes(length)
                 data = data[:remaining]
                 yield data
                 remaining -= len(data)
         if remaining > 0:
-            self._damage(path, "stored content is %d bytes short; padded with zeros" % remaining)
+            self.damage(path, "stored content is %d bytes short; padded with zeros" % remaining)
             step = 1 << 20
             while remaining > 0:
                 yield bytes(min(remaining, step))
@@ -433,7 +433,7 @@ class TarWriter:
             try:
                 pack = self.fetch(digest)
             except ObjectError as exc:
-                self._damage(path, exc.reason + " (pack %s)" % digest.hex())
+                self.damage(path, exc.reason + " (pack %s)" % digest.hex())
                 return b""
             self._packs.put(digest, pack)
         return pack[entry.offset:entry.offset + entry.size]
@@ -445,7 +445,7 @@ class TarWriter:
             self._write(bytes(piece))
             count -= piece
 
-    def _damage(self, path: bytes, reason: str) -> None:
+    def damage(self, path: bytes, reason: str) -> None:
         self.damaged += 1
         self.on_damage(path, reason)
 
@@ -494,25 +494,31 @@ def _xattr_records(extras: Dict[bytes, bytes]) -> List[Tuple[bytes, bytes]]:
     return records
 
 
-def produce_tar(reader: TreeReader, root: Sequence[ChunkRef], start: bytes, writer: TarWriter,
-                recursive: bool = True) -> None:
-    """Write every entry of a backup at or below ``start`` (in stored order)."""
+def produce_tar(objects: ObjectReader, root: Sequence[ChunkRef], start: bytes, out: BinaryIO,
+                tar_format: str = "gnu", on_damage: Optional[Callable[[bytes, str], None]] = None,
+                on_skip: Optional[Callable[[bytes, str], None]] = None,
+                recursive: bool = True) -> TarWriter:
+    """Write every entry of a backup at or below ``start`` (in stored order) as tar.
+
+    Returns the writer, whose counters say what was damaged or skipped.
+    """
     # Chunks of the entries ahead are read and decompressed by worker
     # threads while the current one is written (pipeline.Prefetcher); the
     # entries waiting for their turn are held in ``ahead``.
-    fetcher = Prefetcher(writer.objects)
-    writer.fetch = fetcher.get
+    fetcher = Prefetcher(objects)
+    writer = TarWriter(out, fetcher.get, tar_format, on_damage, on_skip)
     ahead: Deque[Tuple[bytes, Entry]] = collections.deque()
     # Which packs the writer will find in its cache: those are not fetched
     # again.  Fed the same sequence of packs, this copy of the writer's
     # PackCache (without the contents) stays in step with it.
     planned = PackCache(PACKS_CACHED)
-    records = ReadAheadTreeReader(reader.objects)  # directory records, read ahead too
+    records = ReadAheadTreeReader(objects)  # directory records, read ahead too
     try:
-        # A damaged directory record costs only what is below it: reported like
-        # a damaged file (exit 1), and the stream goes on well formed.
+        # Damage (an unreadable record, an entry breaking the format's
+        # rules) costs only what is below it: reported like a damaged file
+        # (exit 1), and the stream goes on well formed.
         for path, entry in records.walk(root, start, recursive=recursive,
-                                        on_damage=writer._damage):
+                                        on_damage=writer.damage):
             if entry.flags & FLAG_PARTIAL:
                 continue  # a checkpoint's prefix of a file still being read: not a file
             if entry.kind == KIND_FILE and entry.flags & FLAG_PACKED:
@@ -529,8 +535,8 @@ def produce_tar(reader: TreeReader, root: Sequence[ChunkRef], start: bytes, writ
     finally:
         fetcher.close()
         records.close()
-        writer.fetch = writer.objects.get
     writer.close()
+    return writer
 
 
 class PackCache:
@@ -551,10 +557,3 @@ class PackCache:
         if len(self._packs) > self.capacity:
             self._packs.popitem(last=False)
 
-
-def mode_string(entry: Entry) -> str:
-    """``ls -l`` style mode of an entry, as tar -tv prints it."""
-    kinds = {KIND_FILE: stat.S_IFREG, KIND_HARDLINK: stat.S_IFREG, KIND_DIR: stat.S_IFDIR,
-             KIND_SYMLINK: stat.S_IFLNK, KIND_FIFO: stat.S_IFIFO, KIND_CHAR: stat.S_IFCHR,
-             KIND_BLOCK: stat.S_IFBLK}
-    return stat.filemode(kinds[entry.kind] | entry.mode)

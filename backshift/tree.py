@@ -1,4 +1,4 @@
-"""Reading a backup's tree of directory records.
+"""Reading a backup's tree of directory records: the one walker every reader uses.
 
 A backup record's ``root`` is the chunk list of a *top record*: a directory
 record holding exactly one entry, named ``b""``, for the backup's root
@@ -6,18 +6,32 @@ directory.  Each directory entry's chunk list is its own record, or the
 record itself is in the entry (INLINE, for small directories).  A
 directory may appear in its parent more than once (fragments, when the input
 was not in find order); walking merges them.
+
+The walker applies the reader's rules of FORMAT.md ("Reader obligations")
+in this one place; restore, listing, check and expiry all walk through it.
 """
 
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 from .chunking import Chunker
 from .compression import Compressor
-from .objectstore import ObjectError, ObjectStore
-from .records import (FLAG_IMPLICIT, FLAG_INLINE, KIND_DIR, ChunkRef, Entry, RecordError,
-                      encode_entry, iter_entries, record_header)
+from .objectstore import ObjectError, ObjectReader, Objects, digest_of
+from .records import (FLAG_IMPLICIT, FLAG_INLINE, KIND_DIR, KINDS, KNOWN_FLAGS, ChunkRef, Entry,
+                      RawEntry, RecordError, check_record_header, decode_entry, encode_entry,
+                      entry_length, iter_entries, record_header)
 
-# on_damage(directory path, reason): a directory record that cannot be read.
+# on_damage(path, reason): an entry or directory record that breaks the
+# format's rules or cannot be read; it, and what lies below it, is skipped.
 DamageHandler = Callable[[bytes, str], None]
+# A walk's frame: the (path, fragments) of a directory's accepted entries.
+_Children = Iterator[Tuple[bytes, List[Entry]]]
+
+# What the first pass over a directory decided for each of its entries:
+# accepted; a later fragment merged into the first; skipped as damage; a
+# byte-for-byte repeat of an earlier entry (a path listed twice in the
+# input by an older writer), skipped as harmless.
+_ACCEPT, _MERGED, _REJECTED, _REPEATED = 0, 1, 2, 3
+_SECOND = "a second entry of this name"
 
 
 def split_path(path: bytes) -> List[bytes]:
@@ -35,102 +49,382 @@ def join_path(parent: bytes, name: bytes) -> bytes:
     return parent + b"/" + name if parent else name
 
 
-class TreeReader:
-    """Loads directory records of one save directory's object store."""
+def name_problem(name: bytes) -> Optional[str]:
+    """Why ``name`` cannot name a directory entry (None if it can)."""
+    if not name:
+        return "empty name"
+    if name in (b".", b".."):
+        return "name %r" % name.decode("ascii")
+    if b"/" in name:
+        return "name contains '/'"
+    if b"\0" in name:
+        return "name contains NUL"
+    return None
 
-    def __init__(self, objects: ObjectStore) -> None:
+
+def is_relative_path(path: bytes) -> bool:
+    """Is ``path`` valid entry names joined by '/' (so it cannot climb out)?"""
+    return bool(path) and all(name_problem(part) is None for part in path.split(b"/"))
+
+
+def entry_problem(kind: bytes, flags: int) -> Optional[str]:
+    """Why an entry of this kind and flags is not one this version reads (None if it is)."""
+    if kind not in KINDS:
+        return "unknown entry kind %r" % kind
+    if flags & ~KNOWN_FLAGS:
+        return "unknown flag bits %#x" % (flags & ~KNOWN_FLAGS)
+    return None
+
+
+def record_key(chunks: Sequence[ChunkRef]) -> bytes:
+    """One short key per distinct directory record (its chunk list)."""
+    if len(chunks) == 1:
+        return chunks[0][0]
+    return digest_of(b"".join(digest for digest, _length in chunks))
+
+
+def entry_chunks(entry: Entry) -> Sequence[ChunkRef]:
+    """The objects an entry names: content, pack or directory record (none if INLINE)."""
+    return () if entry.flags & FLAG_INLINE else entry.chunks
+
+
+def _raise(path: bytes, reason: str) -> None:
+    raise RecordError("%s: %s" % (path.decode("utf-8", "replace") or ".", reason))
+
+
+def _with_metadata(fragments: List[Entry]) -> Entry:
+    """A directory's entry: its first fragment that has metadata (not IMPLICIT)."""
+    return next((entry for entry in fragments if not entry.flags & FLAG_IMPLICIT), fragments[0])
+
+
+class _Directory:
+    """One directory open in a strict walk: its fragments' records and the first pass's verdicts.
+
+    The first pass keeps an 8-byte hash per name in a set only while it
+    runs (about 70 bytes an entry), then one byte per entry.
+    """
+
+    __slots__ = ("path", "records", "verdicts", "merges", "rejected")
+
+    def __init__(self, path: bytes) -> None:
+        self.path = path
+        self.records: List[Tuple[bytes, int]] = []  # (record, offset where parsing stops)
+        self.verdicts = bytearray()
+        # Entry index of a directory -> (record index, offset) of its later
+        # fragments in this directory, merged into it.
+        self.merges: Dict[int, List[Tuple[int, int]]] = {}
+        self.rejected: Dict[int, Tuple[bytes, str]] = {}  # entry index -> (name, why)
+
+
+class TreeReader:
+    """Walks the directory records of one save directory's objects."""
+
+    # Does will_read do anything?  (Spares the first pass decoding entries.)
+    looks_ahead = False
+
+    def __init__(self, objects: ObjectReader) -> None:
         self.objects = objects
 
     def read_record(self, chunks: Sequence[ChunkRef]) -> bytes:
         return b"".join(self.objects.get(digest) for digest, _length in chunks)
 
     def entries(self, chunks: Sequence[ChunkRef]) -> Iterator[Entry]:
-        return self.parse(self.read_record(chunks))
+        return iter_entries(self.read_record(chunks))
 
     def dir_entries(self, directory: Entry) -> Iterator[Entry]:
-        """Entries of a directory, whose record is inline in its entry or in chunks."""
+        """Entries of one fragment, whose record is inline in its entry or in chunks."""
         if directory.flags & FLAG_INLINE:
-            return self.parse(directory.inline or b"")
+            return iter_entries(directory.inline or b"")
         return self.entries(directory.chunks)
 
-    def parse(self, record: bytes) -> Iterator[Entry]:
-        """Entries of a record's bytes (a hook for readers that look ahead)."""
-        return iter_entries(record)
+    def will_read(self, directory: Entry) -> None:
+        """A hook: ``directory``'s record is about to be wanted (see ``looks_ahead``)."""
 
     def root_entries(self, root: Sequence[ChunkRef]) -> List[Entry]:
         """The root directory entry (normally one) of a backup's top record."""
         return [entry for entry in self.entries(root) if entry.name == b""]
 
-    def lookup(self, root: Sequence[ChunkRef], path: bytes) -> List[Entry]:
-        """Every entry (directory fragments included) stored at ``path``."""
-        current = self.root_entries(root)
+    def lookup(self, root: Sequence[ChunkRef], path: bytes,
+               on_damage: Optional[DamageHandler] = None) -> List[Entry]:
+        """The entry at ``path`` (every fragment, for a directory); [] if there is none.
+
+        Found by the walk's rules; a record on the way that cannot be read
+        raises, or is reported to ``on_damage``.
+        """
+        report = on_damage or _raise
+        current = self._root(root, report)
         for name in split_path(path):
-            found = []
-            for directory in current:
-                if directory.kind != KIND_DIR:
-                    continue
-                found.extend(entry for entry in self.dir_entries(directory)
-                             if entry.name == name)
-            current = found
-            if not current:
-                break
+            if not current or current[0].kind != KIND_DIR:
+                return []
+            directory = self._open(b"", current, report, None)
+            current = next((fragments for child, fragments in self._accepted(directory, None)
+                            if fragments[0].name == name), []) if directory else []
         return current
 
     def walk(self, root: Sequence[ChunkRef], start: bytes = b"",
              include_implicit: bool = False, recursive: bool = True,
-             on_damage: Optional[DamageHandler] = None) -> Iterator[Tuple[bytes, Entry]]:
-        """(path, entry) pairs at and below ``start`` in stored order, parents first.
+             on_damage: Optional[DamageHandler] = None, strict: bool = True,
+             seen: Optional[Set[bytes]] = None) -> Iterator[Tuple[bytes, Entry]]:
+        """(path, entry) pairs at and below ``start``, parents first.
 
         Paths are relative, without a leading '/'; the backup's root itself
-        has the path b"".  Directories never named in the input (IMPLICIT)
+        has the path b"".  A directory's fragments are merged: it is yielded
+        once, where it first appears, with the metadata of its first
+        fragment that has any, and the entries of all its fragments follow
+        in stored order.  Directories never named in the input (IMPLICIT)
         are skipped unless ``include_implicit``.  Not ``recursive``: only
-        ``start`` and, if it is a directory, its immediate entries.  A
-        directory record that cannot be read raises, or with ``on_damage``
-        is reported as ``on_damage(directory path, reason)`` and the walk
-        goes on with the rest of the tree.
-        """
-        prefix = b"/".join(split_path(start))
-        for entry in self.lookup(root, start):
-            yield from self._walk_entry(prefix, entry, include_implicit, recursive, on_damage)
+        ``start`` and, if it is a directory, its immediate entries.
 
-    def _walk_entry(self, path: bytes, entry: Entry, include_implicit: bool,
-                    recursive: bool,
-                    on_damage: Optional[DamageHandler]) -> Iterator[Tuple[bytes, Entry]]:
+        ``strict`` (restore, listing, check) applies the reader's rules: an
+        entry with a bad name, a name its directory already holds, an
+        unknown kind or unknown flag bits is damage, skipped with its
+        subtree.  Not ``strict`` (expiry's marking) yields every entry of
+        every record as it comes, fragments unmerged, so that every object
+        a record names is found whatever the rules say of its entry.
+
+        With ``seen``, a directory whose record key is in it is yielded but
+        not entered (its subtree was walked already); keys are added as
+        directories are entered.  Inline records have no key of their own.
+
+        Damage raises RecordError or ObjectError, or with ``on_damage`` is
+        reported as ``on_damage(path, reason)`` and the walk goes on with
+        the rest of the tree.
+        """
+        report = on_damage or _raise
+        prefix = b"/".join(split_path(start))
+        fragments = self.lookup(root, prefix, report) if prefix else self._root(root, report,
+                                                                                  strict)
+        if not fragments:
+            return
+        if not strict:
+            for entry in fragments:
+                yield from self._walk_loose(prefix, entry, include_implicit, recursive, report,
+                                            seen)
+            return
+        entry = _with_metadata(fragments)
+        if include_implicit or not entry.flags & FLAG_IMPLICIT:
+            yield prefix, entry
+        if entry.kind != KIND_DIR:
+            return
+        # Depth-first with an explicit stack keeps deep trees off the Python
+        # call stack.
+        stack: List[_Children] = []
+        self._enter(stack, prefix, fragments, report, seen)
+        while stack:
+            child = next(stack[-1], None)
+            if child is None:
+                stack.pop()
+                continue
+            path, fragments = child
+            entry = _with_metadata(fragments)
+            if include_implicit or not entry.flags & FLAG_IMPLICIT:
+                yield path, entry
+            if entry.kind == KIND_DIR and recursive:
+                self._enter(stack, path, fragments, report, seen)
+
+    # -- the strict walk ------------------------------------------------------
+
+    def _root(self, root: Sequence[ChunkRef], report: DamageHandler,
+              strict: bool = True) -> List[Entry]:
+        """The root directory's fragments (every entry of the top record, not ``strict``)."""
+        if not strict:
+            try:
+                return list(self.entries(root))
+            except (ObjectError, RecordError) as exc:
+                report(b"", "the top record cannot be read: %s" % _reason(exc))
+                return []
+        top = self._open(b"", [Entry(b"", KIND_DIR, chunks=list(root))], report, None, top=True)
+        return next((fragments for _path, fragments in self._accepted(top, report)), []) \
+            if top else []
+
+    def _enter(self, stack: List[_Children], path: bytes, fragments: List[Entry],
+               report: DamageHandler, seen: Optional[Set[bytes]]) -> None:
+        directory = self._open(path, fragments, report, seen)
+        if directory is not None:
+            stack.append(self._accepted(directory, report))
+
+    def _open(self, path: bytes, fragments: List[Entry], report: DamageHandler,
+              seen: Optional[Set[bytes]], top: bool = False) -> Optional[_Directory]:
+        """Read a directory's fragments and judge its entries; None if ``seen`` has it."""
+        if seen is not None and not any(entry.flags & FLAG_INLINE for entry in fragments):
+            key = record_key([chunk for entry in fragments for chunk in entry.chunks])
+            if key in seen:
+                return None
+            seen.add(key)
+        directory = _Directory(path)
+        for fragment in fragments:
+            try:
+                record = fragment.inline or b"" if fragment.flags & FLAG_INLINE else \
+                    self.read_record(fragment.chunks)
+                start = check_record_header(record)
+            except (ObjectError, RecordError) as exc:
+                report(path, "directory contents lost: %s" % _reason(exc))
+                continue
+            directory.records.append((record, start))
+        self._judge(directory, report, top)
+        return directory
+
+    def _judge(self, directory: _Directory, report: DamageHandler, top: bool) -> None:
+        """The first pass: which entries are accepted, merged into another, or rejected."""
+        names: Set[int] = set()          # hashes of the names of accepted non-directories
+        directories: Dict[int, int] = {}  # name hash -> entry index, of accepted directories
+        repeats: List[Tuple[int, int, int]] = []  # (index, record number, offset)
+        index = 0
+        for number, (record, offset) in enumerate(directory.records):
+            while offset < len(record):
+                try:
+                    raw = RawEntry(record, offset)
+                except RecordError as exc:
+                    report(directory.path, "directory record does not parse (%s); the rest "
+                                           "of this directory is lost" % exc)
+                    break
+                problem = _top_problem(raw) if top else \
+                    name_problem(raw.name) or entry_problem(raw.kind, raw.flags)
+                key = hash(raw.name)
+                verdict = _ACCEPT
+                if problem is not None:
+                    verdict = _REJECTED
+                elif key in directories:
+                    if raw.kind == KIND_DIR:
+                        verdict = _MERGED
+                        directory.merges.setdefault(directories[key], []).append((number, offset))
+                    else:
+                        verdict, problem = _REJECTED, _SECOND
+                elif key in names:
+                    verdict = _REPEATED  # or rejected: _repeats decides
+                    repeats.append((index, number, offset))
+                elif raw.kind == KIND_DIR:
+                    directories[key] = index
+                    if self.looks_ahead and not raw.flags & FLAG_INLINE:
+                        self._hint(raw)
+                else:
+                    names.add(key)
+                if problem is not None:
+                    directory.rejected[index] = (raw.name, problem)
+                directory.verdicts.append(verdict)
+                index += 1
+                offset = raw.end
+            directory.records[number] = (record, offset)
+        if repeats:
+            self._repeats(directory, repeats)
+
+    @staticmethod
+    def _repeats(directory: _Directory, repeats: List[Tuple[int, int, int]]) -> None:
+        """Which later non-directories of a name already used are exact repeats (harmless).
+
+        Only a directory with repeated names pays for this second look.
+        """
+        records = directory.records
+        later = {(number, offset): index for index, number, offset in repeats}
+        names = {RawEntry(records[number][0], offset).name for _i, number, offset in repeats}
+        first: Dict[bytes, bytes] = {}  # repeated name -> bytes of its first accepted entry
+        index = 0
+        for number, (record, end) in enumerate(records):
+            offset = check_record_header(record)
+            while offset < end:
+                length = entry_length(record, offset)
+                if directory.verdicts[index] != _REJECTED:
+                    raw = RawEntry(record, offset)
+                    if raw.name in names:
+                        encoded = record[offset:offset + length]
+                        if first.setdefault(raw.name, encoded) != encoded \
+                                and (number, offset) in later:
+                            directory.verdicts[index] = _REJECTED
+                            directory.rejected[index] = (raw.name, _SECOND)
+                index += 1
+                offset += length
+
+    def _hint(self, raw: RawEntry) -> None:
+        try:
+            self.will_read(raw.decode())
+        except RecordError:
+            pass  # reported when the walk reaches it
+
+    def _accepted(self, directory: _Directory, report: Optional[DamageHandler]) -> _Children:
+        """The second pass: (path, fragments) of each accepted entry, in stored order."""
+        index = 0
+        for number, (record, end) in enumerate(directory.records):
+            offset = check_record_header(record)
+            while offset < end:
+                verdict = directory.verdicts[index]
+                if verdict == _ACCEPT:
+                    fragments = self._fragments(directory, index, record, offset, report)
+                    if fragments:
+                        yield join_path(directory.path, fragments[0].name), fragments
+                elif verdict == _REJECTED and report is not None:
+                    name, problem = directory.rejected[index]
+                    report(join_path(directory.path, name), problem)
+                index += 1
+                offset += entry_length(record, offset)
+
+    def _fragments(self, directory: _Directory, index: int, record: bytes, offset: int,
+                   report: Optional[DamageHandler]) -> List[Entry]:
+        """The entry at ``offset`` and the later fragments merged into it ([] if it fails)."""
+        places = [(record, offset)] + [(directory.records[number][0], at)
+                                       for number, at in directory.merges.get(index, ())]
+        fragments = []
+        for buf, at in places:
+            try:
+                fragments.append(decode_entry(buf, at)[0])
+            except RecordError as exc:
+                if report is not None:
+                    report(directory.path, "an entry does not parse: %s" % exc)
+        return fragments
+
+    # -- the loose walk (expiry's marking) -------------------------------------
+
+    def _walk_loose(self, path: bytes, entry: Entry, include_implicit: bool, recursive: bool,
+                    report: DamageHandler,
+                    seen: Optional[Set[bytes]]) -> Iterator[Tuple[bytes, Entry]]:
         if include_implicit or not entry.flags & FLAG_IMPLICIT:
             yield path, entry
-        if entry.kind == KIND_DIR:
-            # Depth-first with an explicit stack of record iterators keeps
-            # deep trees off the Python call stack.
-            stack: List[Tuple[bytes, Iterator[Entry]]] = []
-            self._push(stack, path, entry, on_damage)
-            while stack:
-                parent, children = stack[-1]
-                try:
-                    child: Optional[Entry] = next(children, None)
-                except RecordError as exc:
-                    if on_damage is None:
-                        raise
-                    on_damage(parent, "directory record does not parse (%s); "
-                                      "the rest of this directory is lost" % exc)
-                    child = None
-                if child is None:
-                    stack.pop()
-                    continue
-                child_path = join_path(parent, child.name)
-                if include_implicit or not child.flags & FLAG_IMPLICIT:
-                    yield child_path, child
-                if child.kind == KIND_DIR and recursive:
-                    self._push(stack, child_path, child, on_damage)
+        if entry.kind != KIND_DIR:
+            return
+        stack: List[Tuple[bytes, Iterator[Entry]]] = []
+        self._push_loose(stack, path, entry, report, seen)
+        while stack:
+            parent, children = stack[-1]
+            try:
+                child: Optional[Entry] = next(children, None)
+            except RecordError as exc:
+                report(parent, "directory record does not parse (%s); "
+                               "the rest of this directory is lost" % exc)
+                child = None
+            if child is None:
+                stack.pop()
+                continue
+            child_path = join_path(parent, child.name)
+            if include_implicit or not child.flags & FLAG_IMPLICIT:
+                yield child_path, child
+            if child.kind == KIND_DIR and recursive:
+                self._push_loose(stack, child_path, child, report, seen)
 
-    def _push(self, stack: List[Tuple[bytes, Iterator[Entry]]], path: bytes,
-              directory: Entry, on_damage: Optional[DamageHandler]) -> None:
+    def _push_loose(self, stack: List[Tuple[bytes, Iterator[Entry]]], path: bytes,
+                    directory: Entry, report: DamageHandler,
+                    seen: Optional[Set[bytes]]) -> None:
+        if seen is not None and not directory.flags & FLAG_INLINE:
+            key = record_key(directory.chunks)
+            if key in seen:
+                return
+            seen.add(key)
         try:
             stack.append((path, self.dir_entries(directory)))
-        except ObjectError as exc:
-            if on_damage is None:
-                raise
-            on_damage(path, "directory contents lost: %s (object %s)"
-                      % (exc.reason, exc.digest.hex()))
+        except (ObjectError, RecordError) as exc:
+            report(path, "directory contents lost: %s" % _reason(exc))
+
+
+def _top_problem(raw: RawEntry) -> Optional[str]:
+    if raw.name != b"":
+        return "the top record holds an entry not named \"\""
+    if raw.kind != KIND_DIR:
+        return "the root is not a directory"
+    return entry_problem(raw.kind, raw.flags)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ObjectError):
+        return "%s (object %s)" % (exc.reason, exc.digest.hex())
+    return "directory record does not parse (%s)" % exc
 
 
 class RecordWriter:
@@ -141,7 +435,7 @@ class RecordWriter:
     on the whole record, so an unchanged directory stores nothing new.
     """
 
-    def __init__(self, objects: ObjectStore, chunker: Chunker, compressor: Compressor) -> None:
+    def __init__(self, objects: Objects, chunker: Chunker, compressor: Compressor) -> None:
         self._objects = objects
         self._chunker = chunker
         self._compressor = compressor
@@ -190,7 +484,7 @@ class RecordWriter:
         return self.chunks + [(digest, len(tail))]
 
 
-def store_top_record(objects: ObjectStore, compressor: Compressor, root: Entry) -> List[ChunkRef]:
+def store_top_record(objects: Objects, compressor: Compressor, root: Entry) -> List[ChunkRef]:
     """Store the one-entry record naming a backup's root directory."""
     record = record_header() + encode_entry(root)
     return [(objects.put(record, compressor), len(record))]

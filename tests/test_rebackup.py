@@ -27,8 +27,7 @@ from backshift.pipeline import ReadAhead
 from backshift.records import FLAG_INLINE, KIND_DIR, KIND_FILE
 from backshift.savedir import SaveDir
 from backshift.sourcefs import ParentCache
-from backshift.tarout import TarWriter, produce_tar
-from backshift.tree import TreeReader
+from backshift.tarout import produce_tar
 from test_expiry import HOURS_AGO_2, FedBackup, age_files, wait_until
 from test_packing import SETTLE_SECONDS, object_digests, pack_of, restore, tree_entries, write
 from test_safety import SECRET, all_stored_bytes
@@ -453,7 +452,8 @@ def test_input_that_leaves_directories_and_comes_back(savedir, tmp_path):
     helpers.assert_same_tree(str(tmp_path / "src"), os.path.join(dest, "src"), dir_mtimes=False)
     names = helpers.run_ok(["--save-directory", savedir, "--list-backup-simply", "--backup-id",
                             backup_id]).stdout.split(b"\n")
-    assert names.count(b"src/a/e/g") == 2
+    # The second entry of g repeats the first byte for byte: harmless, listed once.
+    assert names.count(b"src/a/e/g") == 1
     assert SECRET not in all_stored_bytes(savedir)
 
 
@@ -681,8 +681,7 @@ def test_identical_small_files_in_many_directories_restore_identically(savedir, 
     # writer's cache, each pack is read and decompressed exactly once.
     objects = CountingObjects(savedir, "test")
     out = io.BytesIO()
-    produce_tar(TreeReader(objects), SaveDir(savedir, "test").catalog.read(backup_id).root, b"",
-                TarWriter(out, objects))
+    produce_tar(objects, SaveDir(savedir, "test").catalog.read(backup_id).root, b"", out)
     assert sorted(digest for digest in objects.read if digest in packs) == sorted(packs)
     helpers.extract(out.getvalue(), str(tmp_path / "in-process"))
     helpers.assert_same_tree(str(src), str(tmp_path / "in-process" / "src"))
