@@ -32,7 +32,6 @@ GNU tar's ``%``-escaping, and sparse members need GNU's own keywords.
 
 import collections
 import os
-import stat
 import struct
 import tarfile
 from typing import BinaryIO, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Set, Tuple
@@ -212,9 +211,6 @@ class TarWriter:
             raise TarFormatError("%s: unsafe member name (absolute, or with an empty, "
                                  "'.' or '..' component, or NUL); skipped" % os.fsdecode(path))
         if entry.kind == KIND_HARDLINK:
-            if not is_relative_path(entry.target):
-                self.damage(path, "hard link target %r is not a path within the backup; "
-                                  "written as a regular file" % entry.target)
             target = self._link_moved.get(entry.target, entry.target)
             if target in self._link_targets:
                 return _Member(path, entry, tarfile.LNKTYPE, target)

@@ -16,9 +16,9 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tupl
 from .chunking import Chunker
 from .compression import Compressor
 from .objectstore import ObjectError, ObjectReader, Objects, digest_of
-from .records import (FLAG_IMPLICIT, FLAG_INLINE, KIND_DIR, KINDS, KNOWN_FLAGS, ChunkRef, Entry,
-                      RawEntry, RecordError, check_record_header, decode_entry, encode_entry,
-                      entry_length, iter_entries, record_header)
+from .records import (FLAG_IMPLICIT, FLAG_INLINE, KIND_DIR, KIND_FILE, KIND_HARDLINK, KINDS,
+                      KNOWN_FLAGS, ChunkRef, Entry, RawEntry, RecordError, check_record_header,
+                      decode_entry, encode_entry, entry_length, iter_entries, record_header)
 
 # on_damage(path, reason): an entry or directory record that breaks the
 # format's rules or cannot be read; it, and what lies below it, is skipped.
@@ -350,10 +350,14 @@ class TreeReader:
                 if verdict == _ACCEPT:
                     fragments = self._fragments(directory, index, record, offset, report)
                     if fragments:
-                        yield join_path(directory.path, fragments[0].name), fragments
+                        path = join_path(directory.path, fragments[0].name)
+                        _check_link(path, fragments[0], report)
+                        yield path, fragments
                 elif verdict == _REJECTED and report is not None:
                     name, problem = directory.rejected[index]
-                    report(join_path(directory.path, name), problem)
+                    # An empty name is shown as the directory's path with a '/'.
+                    report(join_path(directory.path, name) if name
+                           else (directory.path or b".") + b"/", problem)
                 index += 1
                 offset += entry_length(record, offset)
 
@@ -411,6 +415,17 @@ class TreeReader:
             stack.append((path, self.dir_entries(directory)))
         except (ObjectError, RecordError) as exc:
             report(path, "directory contents lost: %s" % _reason(exc))
+
+
+def _check_link(path: bytes, entry: Entry, report: Optional[DamageHandler]) -> None:
+    """A hard link whose target could lie outside the backup becomes the regular file
+    it also holds (a hard link entry carries its content)."""
+    if entry.kind == KIND_HARDLINK and not is_relative_path(entry.target):
+        if report is not None:
+            report(path, "hard link target %s is not a path within the backup; taken as a "
+                         "regular file" % entry.target.decode("utf-8", "replace"))
+        entry.kind = KIND_FILE
+        entry.target = b""
 
 
 def _top_problem(raw: RawEntry) -> Optional[str]:

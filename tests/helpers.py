@@ -178,3 +178,29 @@ def outgrow_inline_record(directory: str, files: int = 80) -> None:
     parent's (backup.DIR_INLINE_MAX): it then gets objects of its own."""
     for number in range(files):
         open(os.path.join(directory, "filler-%03d" % number), "wb").close()
+
+
+class MemoryObjects:
+    """An object store in memory (objectstore.Objects), for walking crafted trees in-process."""
+
+    def __init__(self) -> None:
+        self.blobs: Dict[bytes, bytes] = {}
+
+    def get(self, digest: bytes, verify: bool = True) -> bytes:
+        from backshift.objectstore import ObjectError
+        try:
+            return self.blobs[digest]
+        except KeyError:
+            raise ObjectError(digest, "missing") from None
+
+    def put(self, data: bytes, compressor=None, digest: Optional[bytes] = None) -> bytes:
+        from backshift.objectstore import digest_of
+        digest = digest or digest_of(data)
+        self.blobs.setdefault(digest, data)
+        return digest
+
+    def touch(self, digest: bytes) -> bool:
+        return digest in self.blobs
+
+    def exists(self, digest: bytes) -> bool:
+        return digest in self.blobs
