@@ -300,9 +300,9 @@ class Checker:
                 continue  # its writer renamed it just now
             count += 1
         if count or removed:
-            self.out.write("backshift: note: %d temporary files (%s) of writers running or "
-                           "killed%s; --expire removes them after a day\n"
-                           % (count, human_bytes(size), ", %d of dead writers on this host "
+            self.out.write("backshift: note: %d temporary files (%d bytes) of writers running "
+                           "or killed%s; --expire removes them after a day\n"
+                           % (count, size, ", %d of dead writers on this host "
                               "removed" % removed if removed else ""))
             self.out.flush()
 
