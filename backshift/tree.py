@@ -16,8 +16,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tupl
 from .chunking import Chunker
 from .compression import Compressor
 from .objectstore import ObjectError, ObjectReader, Objects, digest_of
-from .records import (FLAG_IMPLICIT, FLAG_INLINE, KIND_DIR, KIND_FILE, KIND_HARDLINK, KINDS,
-                      KNOWN_FLAGS, ChunkRef, Entry, RawEntry, RecordError, check_record_header,
+from .records import (FLAG_IMPLICIT, FLAG_INLINE, FLAG_PACKED, FLAG_SPARSE, KIND_DIR,
+                      KIND_FILE, KIND_HARDLINK, KINDS, KNOWN_FLAGS, ChunkRef, Entry, RawEntry, RecordError, check_record_header,
                       decode_entry, encode_entry, entry_length, iter_entries, record_header)
 
 # on_damage(path, reason): an entry or directory record that breaks the
@@ -73,6 +73,9 @@ def entry_problem(kind: bytes, flags: int) -> Optional[str]:
         return "unknown entry kind %r" % kind
     if flags & ~KNOWN_FLAGS:
         return "unknown flag bits %#x" % (flags & ~KNOWN_FLAGS)
+    if flags & FLAG_INLINE and flags & (FLAG_PACKED | FLAG_SPARSE) \
+            or flags & FLAG_PACKED and flags & FLAG_SPARSE:
+        return "flags %#x that are never set together" % flags
     return None
 
 

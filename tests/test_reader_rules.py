@@ -15,7 +15,7 @@ from backshift.catalog import STATE_COMPLETE, BackupRecord, utc_now
 from backshift.checking import run_check
 from backshift.compression import CompressionSpec, Compressor
 from backshift.listing import list_backup
-from backshift.records import (FLAG_INLINE, KIND_DIR, KIND_FILE, KIND_HARDLINK, KIND_SYMLINK,
+from backshift.records import (FLAG_INLINE, FLAG_SPARSE, KIND_DIR, KIND_FILE, KIND_HARDLINK, KIND_SYMLINK,
                                Entry, encode_entry, record_header)
 from backshift.savedir import SaveDir
 from backshift.tree import TreeReader, entry_chunks, store_top_record
@@ -195,6 +195,7 @@ CASES = {
     "link-climbs-out": (lambda objects, away: [hardlink(b"h", b"../outside/x")], "h"),
     "unknown-kind": (lambda objects, away: [Entry(b"k", b"z")], "k"),
     "unknown-flag": (lambda objects, away: [file(b"f", flags=0x80)], "f"),
+    "inline-and-sparse": (lambda objects, away: [file(b"p", flags=FLAG_SPARSE)], "p"),
     "record-version": (lambda objects, away: [directory(objects, b"v", [file(b"w")],
                                                         header=b"BSDR\x02\0\0\0")], "v"),
 }

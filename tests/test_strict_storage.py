@@ -111,3 +111,18 @@ def test_check_counts_temporary_files_and_removes_those_of_dead_writers(savedir)
         and "1 of dead writers on this host removed" in lines[0], lines
     assert not os.path.exists(dead)
     assert all(os.path.exists(path) for path in left)
+
+
+def test_backup_record_of_an_unknown_version_is_refused(savedir, tmp_path):
+    (tmp_path / "src").mkdir()
+    backup_id = helpers.backup(savedir, "src", cwd=str(tmp_path))
+    path = os.path.join(savedir, "backups", backup_id)
+    with open(path, "rb") as handle:
+        text = handle.read()
+    assert b'"format": 1,' in text
+    with open(path, "wb") as handle:
+        handle.write(text.replace(b'"format": 1,', b'"format": 2,'))
+    result = helpers.run(["--save-directory", savedir, "--list-backup", "--backup-id", backup_id])
+    helpers.assert_one_line_error(result, backup_id, "version 2")
+    result = helpers.run(["--save-directory", savedir, "--check"])
+    assert result.returncode == 1 and b"version 2 is not supported" in result.stderr
