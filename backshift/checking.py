@@ -89,7 +89,7 @@ class Checker:
         self.reader = _NotingReader(self.objects)
         self.progress = StatusLine(out)
         self.started = time.monotonic()
-        self.records: List[BackupRecord] = []
+        self.backups: List[BackupRecord] = []
         self.bad_records: Dict[str, str] = {}        # backup id -> why it does not parse
         self.referenced: Dict[bytes, int] = {}       # digest -> expected length
         self.bad: Dict[bytes, str] = {}              # digest -> what is wrong
@@ -101,14 +101,14 @@ class Checker:
         self.objects_checked = 0
         self.bytes_checked = 0
 
-    # -- phase 1: every record, every tree once, every object once ----------
+    # -- phase 1: every backup record, every tree once, every object once ---
 
     def run(self) -> int:
-        self._read_records()
+        self._read_backup_records()
         seen: Set[bytes] = set()
-        for record in self.records:
-            if record.root is not None:
-                self._walk(record.root, seen, self._note_damage)
+        for backup in self.backups:
+            if backup.root is not None:
+                self._walk(backup.root, seen, self._note_damage)
         if self.verify:
             self._verify_all()
         else:
@@ -119,10 +119,10 @@ class Checker:
         self._report_temp_files()
         return EXIT_OK if problems == 0 else EXIT_PARTIAL
 
-    def _read_records(self) -> None:
+    def _read_backup_records(self) -> None:
         for backup_id in self.catalog.ids():
             try:
-                self.records.append(self.catalog.read(backup_id))
+                self.backups.append(self.catalog.read(backup_id))
             except CatalogError as exc:
                 if os.path.exists(self.catalog.path_of(backup_id)):
                     self.bad_records[backup_id] = str(exc)
@@ -137,7 +137,7 @@ class Checker:
             for digest, length in entry_chunks(entry):
                 self.referenced.setdefault(digest, length)
             self.progress.show("checking: %d backups, %d objects referenced"
-                               % (len(self.records), len(self.referenced)))
+                               % (len(self.backups), len(self.referenced)))
 
     def _note_damage(self, path: bytes, reason: str) -> None:
         failed, self.reader.failed = self.reader.failed, None
@@ -198,10 +198,10 @@ class Checker:
 
     def _attribute(self) -> Dict[bytes, Damage]:
         damages: Dict[bytes, Damage] = {}
-        for record in self.records:
-            if record.root is None:
+        for backup in self.backups:
+            if backup.root is None:
                 continue
-            backup_id = record.backup_id
+            backup_id = backup.backup_id
 
             def on_damage(path: bytes, reason: str) -> None:
                 failed, self.reader.failed = self.reader.failed, None
@@ -212,11 +212,11 @@ class Checker:
                     if len(shown) < PATHS_SHOWN:
                         shown.append((path, reason))
 
-            for digest, _length in record.root:
+            for digest, _length in backup.root:
                 if digest in self.bad:
                     damages.setdefault(digest, Damage(self.bad[digest])).add(
                         backup_id, ". (top record)")
-            for path, entry in self.reader.walk(record.root, include_implicit=True,
+            for path, entry in self.reader.walk(backup.root, include_implicit=True,
                                                 on_damage=on_damage):
                 is_record = entry.kind == KIND_DIR and not entry.flags & FLAG_INLINE
                 for digest, _length in entry_chunks(entry):
@@ -267,7 +267,7 @@ class Checker:
         damaged_backups = {backup_id for damage in damages.values() for backup_id in damage.paths}
         damaged_backups.update(self.bad_records)
         damaged_backups.update(self.tree_damage)
-        summary = "%d backups, %d objects" % (len(self.records) + len(self.bad_records),
+        summary = "%d backups, %d objects" % (len(self.backups) + len(self.bad_records),
                                               self.objects_checked)
         if self.verify:
             elapsed = max(time.monotonic() - self.started, 1e-6)

@@ -260,12 +260,12 @@ def produce_tar(objects: ObjectReader, root: Sequence[ChunkRef], start: bytes, o
     # again.  Fed the same sequence of packs, this copy of the writer's
     # PackCache (without the contents) stays in step with it.
     planned = PackCache(PACKS_CACHED)
-    records = ReadAheadTreeReader(objects)  # directory records, read ahead too
+    tree = ReadAheadTreeReader(objects)  # directory records, read ahead too
     try:
         # Damage (an unreadable record, an entry breaking the format's
         # rules) costs only what is below it: reported like a damaged file
         # (exit 1), and the stream goes on well formed.
-        for path, entry in records.walk(root, start, recursive=recursive,
+        for path, entry in tree.walk(root, start, recursive=recursive,
                                         on_damage=writer.damage):
             if entry.flags & FLAG_PARTIAL:
                 continue  # a checkpoint's prefix of a file still being read: not a file
@@ -282,7 +282,7 @@ def produce_tar(objects: ObjectReader, root: Sequence[ChunkRef], start: bytes, o
             writer.add(*ahead.popleft())
     finally:
         fetcher.close()
-        records.close()
+        tree.close()
     writer.close()
     return writer
 
