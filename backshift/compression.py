@@ -73,6 +73,21 @@ XZ_MIN_DICT = 4096
 _LZMA_GUARD = (threading.Lock() if platform.python_implementation() == "PyPy"
                else contextlib.nullcontext())
 
+# Leading bytes of formats whose content is compressed already: gzip, xz,
+# bzip2, zstd, lz4 frames, lzip, 7z, rar, zip (and jar, odt, epub...), PNG,
+# JPEG, GIF, WOFF and WOFF2 fonts, Ogg, FLAC.  In a copy of /usr/share they
+# are 28,000 of its 46,700 small files (56 of 168 MB), nearly all gzip.
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"\xfd7zXZ\x00", b"BZh", b"\x28\xb5\x2f\xfd", b"\x04\x22\x4d\x18",
+                    b"LZIP", b"7z\xbc\xaf\x27\x1c", b"Rar!\x1a\x07", b"PK\x03\x04",
+                    b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"wOFF", b"wOF2",
+                    b"OggS", b"fLaC")
+
+
+def already_compressed(data: bytes) -> bool:
+    """Does ``data`` start as a compressed format does (COMPRESSED_MAGIC)?"""
+    return data.startswith(COMPRESSED_MAGIC)
+
+
 class CompressionSpec:
     """A parsed ``--compression`` value such as ``xz``, ``xz:6`` or ``zlib:1``."""
 

@@ -34,7 +34,7 @@ All integers are little-endian.  The module is pure: no file system access.
 
 import stat
 import struct
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 RECORD_MAGIC = b"BSDR"
 RECORD_VERSION = 1
@@ -81,7 +81,7 @@ class Entry:
 
     __slots__ = ("name", "kind", "flags", "mode", "uid", "gid", "mtime_ns", "ctime_ns",
                  "ino", "size", "nlink", "rdev_major", "rdev_minor", "uname", "gname",
-                 "target", "inline", "chunks", "offset", "content_digest", "extras")
+                 "target", "inline", "chunks", "offset", "content_digest", "extras", "pending")
 
     def __init__(self, name: bytes, kind: bytes, *, flags: int = 0, mode: int = 0,
                  uid: int = 0, gid: int = 0, mtime_ns: int = 0, ctime_ns: int = 0,
@@ -111,6 +111,9 @@ class Entry:
         self.offset = offset  # where a PACKED file's content starts in its pack
         self.content_digest = content_digest  # of a PACKED file's content (16 bytes)
         self.extras = extras if extras is not None else {}
+        # In memory only, never encoded: while a backup runs, the entry
+        # waits for a pack to be cut (packing.py) before it can be encoded.
+        self.pending = False
 
     def __repr__(self) -> str:
         return "Entry(%r, %r, size=%d, flags=%#x)" % (self.name, self.kind, self.size, self.flags)
@@ -266,6 +269,39 @@ def iter_entries(record: bytes) -> Iterator[Entry]:
     while offset < len(record):
         entry, offset = decode_entry(record, offset)
         yield entry
+
+
+def entry_spans(pieces: Iterable[bytes]) -> Iterator[Tuple[bytes, int]]:
+    """(buffer, offset) of each entry of a record given as consecutive pieces.
+
+    The pieces are the record's chunks, in order; entries may straddle
+    them.  Only the current piece and the entry straddling into it are held,
+    so a directory of any size is read in bounded memory.  The buffer holds
+    the whole entry at the offset (decode_entry or RawEntry parse it).
+    """
+    buf = b""
+    pos = 0
+    started = False
+    for piece in pieces:
+        buf = buf[pos:] + piece if pos < len(buf) else piece
+        pos = 0
+        if not started:
+            if len(buf) < RECORD_HEADER.size:
+                continue
+            pos = check_record_header(buf)
+            started = True
+        while len(buf) - pos >= _LEN.size:
+            (total,) = _LEN.unpack_from(buf, pos)
+            if total < _FIXED.size:
+                raise RecordError("entry claims %d bytes" % total)
+            if pos + total > len(buf):
+                break
+            yield buf, pos
+            pos += total
+    if not started:
+        check_record_header(buf)
+    if pos < len(buf):
+        raise RecordError("truncated entry at the end of the record")
 
 
 class RawEntry:

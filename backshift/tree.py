@@ -17,8 +17,9 @@ from .chunking import Chunker
 from .compression import Compressor
 from .objectstore import ObjectError, ObjectReader, Objects, digest_of
 from .records import (FLAG_IMPLICIT, FLAG_INLINE, FLAG_PACKED, FLAG_SPARSE, KIND_DIR,
-                      KIND_FILE, KIND_HARDLINK, KINDS, KNOWN_FLAGS, ChunkRef, Entry, RawEntry, RecordError, check_record_header,
-                      decode_entry, encode_entry, entry_length, iter_entries, record_header)
+                      KIND_FILE, KIND_HARDLINK, KINDS, KNOWN_FLAGS, ChunkRef, Entry, RawEntry,
+                      RecordError, check_record_header, decode_entry, encode_entry, entry_length,
+                      iter_entries, record_header)
 
 # on_damage(path, reason): an entry or directory record that breaks the
 # format's rules or cannot be read; it, and what lies below it, is skipped.

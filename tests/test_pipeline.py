@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from backshift.backup import NulPaths
+from backshift.pathinput import NulPaths
 from backshift.compression import CompressionSpec, Compressor
 from backshift.objectstore import ObjectError, ObjectStore, digest_of
 from backshift.pipeline import Prefetcher, ReadAhead, RecordCache, StorePipeline
