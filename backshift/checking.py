@@ -42,9 +42,9 @@ class _NotingReader(TreeReader):
         super().__init__(objects)
         self.failed: Optional[ObjectError] = None
 
-    def read_record(self, chunks: Sequence[ChunkRef]) -> bytes:
+    def read_chunk(self, digest: bytes) -> bytes:
         try:
-            return super().read_record(chunks)
+            return super().read_chunk(digest)
         except ObjectError as exc:
             self.failed = exc
             raise

@@ -384,6 +384,30 @@ def scan_entries(record: bytes) -> Iterator[RawEntry]:
         offset = entry.end
 
 
+_HEAD = struct.Struct("<IBB")
+_NAME_AT = _FIXED.size + _LEN.size
+
+
+def entry_head(buf: bytes, offset: int) -> Tuple[int, bytes, int, bytes]:
+    """(end, kind, flags, name) of the entry at ``offset``: all a first look needs.
+
+    Checks that the entry's length and name lie within ``buf``; the other
+    fields are checked when the entry is decoded."""
+    try:
+        total, kind, flags = _HEAD.unpack_from(buf, offset)
+        (name_length,) = _LEN.unpack_from(buf, offset + _FIXED.size)
+    except struct.error as exc:
+        raise RecordError("truncated entry at offset %d" % offset) from exc
+    end = offset + total
+    name_at = offset + _NAME_AT
+    if total < _FIXED.size + 6 * _LEN.size or end > len(buf) or name_at + name_length > end:
+        raise RecordError("entry at offset %d claims %d bytes" % (offset, total))
+    return end, _KIND_BYTES[kind], flags, buf[name_at:name_at + name_length]
+
+
+_KIND_BYTES = [bytes((value,)) for value in range(256)]
+
+
 def entry_length(buf: bytes, offset: int) -> int:
     """The length of the entry at ``offset`` (its first field; RawEntry checked it)."""
     return _LEN.unpack_from(buf, offset)[0]

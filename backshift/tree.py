@@ -17,15 +17,19 @@ from .chunking import Chunker
 from .compression import Compressor
 from .objectstore import ObjectError, ObjectReader, Objects, digest_of
 from .records import (FLAG_IMPLICIT, FLAG_INLINE, FLAG_PACKED, FLAG_SPARSE, KIND_DIR,
-                      KIND_FILE, KIND_HARDLINK, KINDS, KNOWN_FLAGS, ChunkRef, Entry, RawEntry,
-                      RecordError, check_record_header, decode_entry, encode_entry, entry_length,
-                      iter_entries, record_header)
+                      KIND_FILE, KIND_HARDLINK, KINDS, KNOWN_FLAGS, ChunkRef, Entry,
+                      RecordError, decode_entry, encode_entry, entry_head, entry_length,
+                      entry_spans, iter_entries, record_header)
 
 # on_damage(path, reason): an entry or directory record that breaks the
 # format's rules or cannot be read; it, and what lies below it, is skipped.
 DamageHandler = Callable[[bytes, str], None]
 # A walk's frame: the (path, fragments) of a directory's accepted entries.
 _Children = Iterator[Tuple[bytes, List[Entry]]]
+
+# A directory record up to this size is read once for both passes of the
+# walk; a larger one is read again rather than held.
+KEEP_RECORD = 1 << 20
 
 # What the first pass over a directory decided for each of its entries:
 # accepted; a later fragment merged into the first; skipped as damage; a
@@ -52,6 +56,8 @@ def join_path(parent: bytes, name: bytes) -> bytes:
 
 def name_problem(name: bytes) -> Optional[str]:
     """Why ``name`` cannot name a directory entry (None if it can)."""
+    if name and b"/" not in name and b"\0" not in name and name != b"." and name != b"..":
+        return None  # the common case, in one test
     if not name:
         return "empty name"
     if name in (b".", b".."):
@@ -65,7 +71,10 @@ def name_problem(name: bytes) -> Optional[str]:
 
 def is_relative_path(path: bytes) -> bool:
     """Is ``path`` valid entry names joined by '/' (so it cannot climb out)?"""
-    return bool(path) and all(name_problem(part) is None for part in path.split(b"/"))
+    # Each component of "/path/" lies between two slashes.
+    wrapped = b"/" + path + b"/"
+    return bool(path) and b"\0" not in path and b"//" not in wrapped \
+        and b"/./" not in wrapped and b"/../" not in wrapped
 
 
 def entry_problem(kind: bytes, flags: int) -> Optional[str]:
@@ -78,6 +87,11 @@ def entry_problem(kind: bytes, flags: int) -> Optional[str]:
             or flags & FLAG_PACKED and flags & FLAG_SPARSE:
         return "flags %#x that are never set together" % flags
     return None
+
+
+# Every (kind, flags) pair a reader accepts.
+_READABLE = frozenset((kind, flags) for kind in KINDS for flags in range(256)
+                      if entry_problem(kind, flags) is None)
 
 
 def record_key(chunks: Sequence[ChunkRef]) -> bytes:
@@ -98,25 +112,30 @@ def _raise(path: bytes, reason: str) -> None:
 
 def _with_metadata(fragments: List[Entry]) -> Entry:
     """A directory's entry: its first fragment that has metadata (not IMPLICIT)."""
+    if len(fragments) == 1:
+        return fragments[0]
     return next((entry for entry in fragments if not entry.flags & FLAG_IMPLICIT), fragments[0])
 
 
 class _Directory:
-    """One directory open in a strict walk: its fragments' records and the first pass's verdicts.
+    """One directory open in a strict walk: its fragments and the first pass's verdicts.
 
-    The first pass keeps an 8-byte hash per name in a set only while it
-    runs (about 70 bytes an entry), then one byte per entry.
+    Records are read chunk by chunk, twice: the first pass keeps an 8-byte
+    hash per name in a set while it runs (about 60 bytes an entry), then
+    one byte per entry is left; the second pass yields the entries.
     """
 
-    __slots__ = ("path", "records", "verdicts", "merges", "rejected")
+    __slots__ = ("path", "fragments", "kept", "counts", "verdicts", "merges", "rejected")
 
-    def __init__(self, path: bytes) -> None:
+    def __init__(self, path: bytes, fragments: List[Entry]) -> None:
         self.path = path
-        self.records: List[Tuple[bytes, int]] = []  # (record, offset where parsing stops)
+        self.fragments = fragments
+        # The chunks of each small record, read once for both passes.
+        self.kept: List[Optional[List[bytes]]] = [None] * len(fragments)
+        self.counts: List[int] = []  # entries the first pass read of each fragment
         self.verdicts = bytearray()
-        # Entry index of a directory -> (record index, offset) of its later
-        # fragments in this directory, merged into it.
-        self.merges: Dict[int, List[Tuple[int, int]]] = {}
+        # Entry index of a directory -> the later fragments merged into it.
+        self.merges: Dict[int, List[Entry]] = {}
         self.rejected: Dict[int, Tuple[bytes, str]] = {}  # entry index -> (name, why)
 
 
@@ -129,8 +148,30 @@ class TreeReader:
     def __init__(self, objects: ObjectReader) -> None:
         self.objects = objects
 
+    def read_chunk(self, digest: bytes) -> bytes:
+        """One object of a directory record (a hook for readers that watch failures)."""
+        return self.objects.get(digest)
+
     def read_record(self, chunks: Sequence[ChunkRef]) -> bytes:
-        return b"".join(self.objects.get(digest) for digest, _length in chunks)
+        return b"".join(self.read_chunk(digest) for digest, _length in chunks)
+
+    def _spans(self, directory: "_Directory", number: int) -> Iterator[Tuple[bytes, int]]:
+        """(buffer, offset) of each entry of a fragment's record, read chunk by chunk.
+
+        A record of up to KEEP_RECORD bytes is read once and kept for the
+        second pass; a larger one is read again."""
+        fragment = directory.fragments[number]
+        if fragment.flags & FLAG_INLINE:
+            return entry_spans([fragment.inline or b""])
+        kept = directory.kept[number]
+        if kept is not None:
+            directory.kept[number] = None  # the second pass: its last use
+            return entry_spans(kept)
+        if sum(length for _digest, length in fragment.chunks) <= KEEP_RECORD:
+            kept = [self.read_chunk(digest) for digest, _length in fragment.chunks]
+            directory.kept[number] = kept
+            return entry_spans(kept)
+        return entry_spans(self.read_chunk(digest) for digest, _length in fragment.chunks)
 
     def entries(self, chunks: Sequence[ChunkRef]) -> Iterator[Entry]:
         return iter_entries(self.read_record(chunks))
@@ -249,22 +290,13 @@ class TreeReader:
 
     def _open(self, path: bytes, fragments: List[Entry], report: DamageHandler,
               seen: Optional[Set[bytes]], top: bool = False) -> Optional[_Directory]:
-        """Read a directory's fragments and judge its entries; None if ``seen`` has it."""
+        """Judge a directory's entries (the first pass); None if ``seen`` has it."""
         if seen is not None and not any(entry.flags & FLAG_INLINE for entry in fragments):
             key = record_key([chunk for entry in fragments for chunk in entry.chunks])
             if key in seen:
                 return None
             seen.add(key)
-        directory = _Directory(path)
-        for fragment in fragments:
-            try:
-                record = fragment.inline or b"" if fragment.flags & FLAG_INLINE else \
-                    self.read_record(fragment.chunks)
-                start = check_record_header(record)
-            except (ObjectError, RecordError) as exc:
-                report(path, "directory contents lost: %s" % _reason(exc))
-                continue
-            directory.records.append((record, start))
+        directory = _Directory(path, fragments)
         self._judge(directory, report, top)
         return directory
 
@@ -272,112 +304,126 @@ class TreeReader:
         """The first pass: which entries are accepted, merged into another, or rejected."""
         names: Set[int] = set()          # hashes of the names of accepted non-directories
         directories: Dict[int, int] = {}  # name hash -> entry index, of accepted directories
-        repeats: List[Tuple[int, int, int]] = []  # (index, record number, offset)
+        repeats: Set[int] = set()         # indexes of later entries of a name already used
         index = 0
-        for number, (record, offset) in enumerate(directory.records):
-            while offset < len(record):
-                try:
-                    raw = RawEntry(record, offset)
-                except RecordError as exc:
-                    report(directory.path, "directory record does not parse (%s); the rest "
-                                           "of this directory is lost" % exc)
-                    break
-                problem = _top_problem(raw) if top else \
-                    name_problem(raw.name) or entry_problem(raw.kind, raw.flags)
-                key = hash(raw.name)
-                verdict = _ACCEPT
-                if problem is not None:
-                    verdict = _REJECTED
-                elif key in directories:
-                    if raw.kind == KIND_DIR:
-                        verdict = _MERGED
-                        directory.merges.setdefault(directories[key], []).append((number, offset))
+        for number in range(len(directory.fragments)):
+            count = 0
+            try:
+                for buf, offset in self._spans(directory, number):
+                    _end, kind, flags, name = entry_head(buf, offset)
+                    if top:
+                        problem = _top_problem(name, kind, flags)
+                    elif (kind, flags) in _READABLE and name and b"/" not in name \
+                            and b"\0" not in name and name != b"." and name != b"..":
+                        problem = None  # the common case, tested at once
                     else:
-                        verdict, problem = _REJECTED, _SECOND
-                elif key in names:
-                    verdict = _REPEATED  # or rejected: _repeats decides
-                    repeats.append((index, number, offset))
-                elif raw.kind == KIND_DIR:
-                    directories[key] = index
-                    if self.looks_ahead and not raw.flags & FLAG_INLINE:
-                        self._hint(raw)
-                else:
-                    names.add(key)
-                if problem is not None:
-                    directory.rejected[index] = (raw.name, problem)
-                directory.verdicts.append(verdict)
-                index += 1
-                offset = raw.end
-            directory.records[number] = (record, offset)
+                        problem = name_problem(name) or entry_problem(kind, flags)
+                    key = hash(name)
+                    verdict = _ACCEPT
+                    if problem is not None:
+                        verdict = _REJECTED
+                    elif key in directories:
+                        if kind == KIND_DIR:
+                            verdict, problem = self._merge(directory, directories[key], buf,
+                                                           offset)
+                        else:
+                            verdict, problem = _REJECTED, _SECOND
+                    elif key in names:
+                        verdict = _REPEATED  # or rejected: _repeats decides
+                        repeats.add(index)
+                    elif kind == KIND_DIR:
+                        directories[key] = index
+                        if self.looks_ahead and not flags & FLAG_INLINE:
+                            self._hint(buf, offset)
+                    else:
+                        names.add(key)
+                    if problem is not None:
+                        directory.rejected[index] = (name, problem)
+                    directory.verdicts.append(verdict)
+                    index += 1
+                    count += 1
+            except (ObjectError, RecordError) as exc:
+                report(directory.path, "%s: %s" % ("the rest of this directory is lost" if count
+                                                    else "directory contents lost", _reason(exc)))
+            directory.counts.append(count)
         if repeats:
             self._repeats(directory, repeats)
 
     @staticmethod
-    def _repeats(directory: _Directory, repeats: List[Tuple[int, int, int]]) -> None:
+    def _merge(directory: _Directory, first: int, buf: bytes,
+               offset: int) -> Tuple[int, Optional[str]]:
+        """Keep a later fragment of directory entry ``first``; its verdict and problem."""
+        try:
+            directory.merges.setdefault(first, []).append(decode_entry(buf, offset)[0])
+        except RecordError as exc:
+            return _REJECTED, "a fragment that does not parse: %s" % exc
+        return _MERGED, None
+
+    def _hint(self, buf: bytes, offset: int) -> None:
+        try:
+            self.will_read(decode_entry(buf, offset)[0])
+        except RecordError:
+            pass  # reported when the second pass reaches it
+
+    def _repeats(self, directory: _Directory, repeats: Set[int]) -> None:
         """Which later non-directories of a name already used are exact repeats (harmless).
 
         Only a directory with repeated names pays for this second look.
         """
-        records = directory.records
-        later = {(number, offset): index for index, number, offset in repeats}
-        names = {RawEntry(records[number][0], offset).name for _i, number, offset in repeats}
-        first: Dict[bytes, bytes] = {}  # repeated name -> bytes of its first accepted entry
-        index = 0
-        for number, (record, end) in enumerate(records):
-            offset = check_record_header(record)
-            while offset < end:
-                length = entry_length(record, offset)
-                if directory.verdicts[index] != _REJECTED:
-                    raw = RawEntry(record, offset)
-                    if raw.name in names:
-                        encoded = record[offset:offset + length]
-                        if first.setdefault(raw.name, encoded) != encoded \
-                                and (number, offset) in later:
-                            directory.verdicts[index] = _REJECTED
-                            directory.rejected[index] = (raw.name, _SECOND)
-                index += 1
-                offset += length
+        wanted: Set[bytes] = set()
+        for index, buf, offset in self._judged(directory):
+            if index in repeats:
+                wanted.add(entry_head(buf, offset)[3])
+        first: Dict[bytes, bytes] = {}  # repeated name -> its first accepted entry's bytes
+        for index, buf, offset in self._judged(directory):
+            name = entry_head(buf, offset)[3]
+            if name in wanted and directory.verdicts[index] != _REJECTED:
+                encoded = buf[offset:offset + entry_length(buf, offset)]
+                if first.setdefault(name, encoded) != encoded and index in repeats:
+                    directory.verdicts[index] = _REJECTED
+                    directory.rejected[index] = (name, _SECOND)
 
-    def _hint(self, raw: RawEntry) -> None:
-        try:
-            self.will_read(raw.decode())
-        except RecordError:
-            pass  # reported when the walk reaches it
+    def _judged(self, directory: _Directory,
+                report: Optional[DamageHandler] = None) -> Iterator[Tuple[int, bytes, int]]:
+        """(index, buffer, offset) of each entry the first pass read, reading the records again."""
+        index = 0
+        for number, count in enumerate(directory.counts):
+            start = index
+            if not count:
+                continue
+            try:
+                for buf, offset in self._spans(directory, number):
+                    if index == start + count:
+                        break
+                    yield index, buf, offset
+                    index += 1
+            except (ObjectError, RecordError) as exc:
+                # Past the entries the first pass read it was reported then;
+                # before them, the record changed since (a vanished object).
+                if report is not None and index < start + count:
+                    report(directory.path, "directory contents lost: %s" % _reason(exc))
+            index = start + count
 
     def _accepted(self, directory: _Directory, report: Optional[DamageHandler]) -> _Children:
         """The second pass: (path, fragments) of each accepted entry, in stored order."""
-        index = 0
-        for number, (record, end) in enumerate(directory.records):
-            offset = check_record_header(record)
-            while offset < end:
-                verdict = directory.verdicts[index]
-                if verdict == _ACCEPT:
-                    fragments = self._fragments(directory, index, record, offset, report)
-                    if fragments:
-                        path = join_path(directory.path, fragments[0].name)
-                        _check_link(path, fragments[0], report)
-                        yield path, fragments
-                elif verdict == _REJECTED and report is not None:
-                    name, problem = directory.rejected[index]
-                    # An empty name is shown as the directory's path with a '/'.
-                    report(join_path(directory.path, name) if name
-                           else (directory.path or b".") + b"/", problem)
-                index += 1
-                offset += entry_length(record, offset)
-
-    def _fragments(self, directory: _Directory, index: int, record: bytes, offset: int,
-                   report: Optional[DamageHandler]) -> List[Entry]:
-        """The entry at ``offset`` and the later fragments merged into it ([] if it fails)."""
-        places = [(record, offset)] + [(directory.records[number][0], at)
-                                       for number, at in directory.merges.get(index, ())]
-        fragments = []
-        for buf, at in places:
-            try:
-                fragments.append(decode_entry(buf, at)[0])
-            except RecordError as exc:
-                if report is not None:
-                    report(directory.path, "an entry does not parse: %s" % exc)
-        return fragments
+        for index, buf, offset in self._judged(directory, report):
+            verdict = directory.verdicts[index]
+            if verdict == _ACCEPT:
+                try:
+                    entry = decode_entry(buf, offset)[0]
+                except RecordError as exc:
+                    if report is not None:
+                        report(directory.path, "an entry does not parse: %s" % exc)
+                    continue
+                path = join_path(directory.path, entry.name)
+                if entry.kind == KIND_HARDLINK:
+                    _check_link(path, entry, report)
+                yield path, [entry] + directory.merges.get(index, [])
+            elif verdict == _REJECTED and report is not None:
+                name, problem = directory.rejected[index]
+                # An empty name is shown as the directory's path with a '/'.
+                report(join_path(directory.path, name) if name
+                       else (directory.path or b".") + b"/", problem)
 
     # -- the loose walk (expiry's marking) -------------------------------------
 
@@ -432,12 +478,12 @@ def _check_link(path: bytes, entry: Entry, report: Optional[DamageHandler]) -> N
         entry.target = b""
 
 
-def _top_problem(raw: RawEntry) -> Optional[str]:
-    if raw.name != b"":
+def _top_problem(name: bytes, kind: bytes, flags: int) -> Optional[str]:
+    if name != b"":
         return "the top record holds an entry not named \"\""
-    if raw.kind != KIND_DIR:
+    if kind != KIND_DIR:
         return "the root is not a directory"
-    return entry_problem(raw.kind, raw.flags)
+    return entry_problem(kind, flags)
 
 
 def _reason(exc: Exception) -> str:
