@@ -281,3 +281,23 @@ def test_walker_in_memory_merges_fragments_and_keeps_the_first_of_a_name():
     list_backup(TreeReader(objects), top, b"a", out, simply=True,
                 on_damage=lambda path, reason: None)
     assert out.getvalue() == b"a/\na/one\na/two\n"
+
+
+def test_a_directory_record_past_its_streaming_flush_walks_whole():
+    """RecordWriter flushes chunks as a record passes 2 * 256 KiB; the walker
+    reads such a record chunk by chunk, entries straddling chunks."""
+    from backshift.chunking import METADATA_PARAMS, Chunker
+    from backshift.tree import RecordWriter
+    objects = helpers.MemoryObjects()
+    writer = RecordWriter(objects, Chunker(METADATA_PARAMS), RAW)
+    names = [b"file-%06d-%s" % (number, b"x" * (number % 40)) for number in range(12000)]
+    for name in names:
+        writer.add(Entry(name, KIND_FILE, mode=0o644, size=1, inline=b"a", flags=FLAG_INLINE))
+    chunks = writer.finish()
+    assert sum(length for _digest, length in chunks) > 2 * METADATA_PARAMS.max_size
+    assert len(chunks) > 8
+    top = store_top_record(objects, RAW, Entry(b"", KIND_DIR, mode=0o755, chunks=chunks))
+    damage = []
+    walked = [path for path, _entry in TreeReader(objects).walk(
+        top, on_damage=lambda path, reason: damage.append(path))]
+    assert walked == [b""] + names and damage == []
