@@ -145,12 +145,7 @@ class Sweeper:
 
     def object_dirs(self) -> Iterator[Tuple[int, str, List[str]]]:
         """(prefix, directory, names) of each object directory."""
-        for prefix in range(256):
-            directory = os.path.join(self.objects.root, "%02x" % prefix)
-            try:
-                yield prefix, directory, os.listdir(directory)
-            except FileNotFoundError:
-                continue
+        return self.objects.directories()
 
     def sweep(self, referenced: Set[bytes], protect: float) -> None:
         for prefix, directory, names in self.object_dirs():

@@ -19,7 +19,7 @@ import hashlib
 import os
 import struct
 import threading
-from typing import Callable, Iterator, Optional, Protocol, Set, Tuple
+from typing import Callable, Iterator, List, Optional, Protocol, Set, Tuple
 
 from .atomic import TEMP_PREFIX, drop_from_cache, fsync_directory, write_file_atomically
 from .compression import CODEC_NAMES, CODEC_NONE, CODEC_XZ, Compressor, decompress
@@ -235,31 +235,30 @@ class ObjectStore:
             raise ObjectError(digest, "content does not match its digest")
         return data
 
-    def _listing(self, on_prefix: Optional[Callable[[int], None]] = None
-                 ) -> Iterator[Tuple[str, str]]:
-        """(directory, name) of every file in the object directories."""
+    def directories(self) -> Iterator[Tuple[int, str, List[str]]]:
+        """(prefix, directory, names) of each object directory: the one listing of the layout."""
         for prefix in range(256):
-            if on_prefix is not None:
-                on_prefix(prefix)
             directory = os.path.join(self.root, "%02x" % prefix)
             try:
-                names = os.listdir(directory)
+                yield prefix, directory, os.listdir(directory)
             except FileNotFoundError:
                 continue
-            for name in names:
-                yield directory, name
 
     def iter_digests(self, on_prefix: Optional[Callable[[int], None]] = None) -> Iterator[bytes]:
         """Every object present (temporary files skipped)."""
-        for _directory, name in self._listing(on_prefix):
-            if len(name) == 2 * DIGEST_SIZE and not name.startswith("."):
-                try:
-                    yield bytes.fromhex(name)
-                except ValueError:
-                    continue
+        for prefix, _directory, names in self.directories():
+            if on_prefix is not None:
+                on_prefix(prefix)
+            for name in names:
+                if len(name) == 2 * DIGEST_SIZE and not name.startswith("."):
+                    try:
+                        yield bytes.fromhex(name)
+                    except ValueError:
+                        continue
 
     def temp_files(self) -> Iterator[str]:
         """Paths of temporary files left in object directories."""
-        for directory, name in self._listing():
-            if name.startswith(TEMP_PREFIX):
-                yield os.path.join(directory, name)
+        for _prefix, directory, names in self.directories():
+            for name in names:
+                if name.startswith(TEMP_PREFIX):
+                    yield os.path.join(directory, name)
