@@ -44,8 +44,8 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .compression import Compressor
-from .objectstore import ObjectStore, digest_of
-from .records import KIND_DIR, Entry
+from .objectstore import ObjectReader, ObjectStore, digest_of
+from .records import Entry
 from .tree import TreeReader
 
 # Compression keeps every core busy; the extra threads wait in fsync (a disk
@@ -172,7 +172,7 @@ class RecordCache:
     lengths the oldest prefetches are dropped (and read again if wanted).
     """
 
-    def __init__(self, objects: ObjectStore, workers: Optional[int] = None,
+    def __init__(self, objects: ObjectReader, workers: Optional[int] = None,
                  max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.objects = objects
         self.max_bytes = max_bytes
@@ -213,23 +213,21 @@ class RecordCache:
 
 
 class ReadAheadTreeReader(TreeReader):
-    """A TreeReader that, on reading a record, starts reading its subdirectories' records.
+    """A TreeReader that, on judging a directory, starts reading its subdirectories' records.
 
     A depth-first walk reads a record just before it needs it; with this,
     decompressing and reading the next records overlaps with the work on
     the current one.
     """
 
-    def __init__(self, objects: ObjectStore, workers: Optional[int] = None) -> None:
-        self.cache = RecordCache(objects, workers)
-        super().__init__(self.cache)  # type: ignore[arg-type]
+    looks_ahead = True
 
-    def parse(self, record: bytes) -> Iterator[Entry]:
-        entries = list(super().parse(record))
-        for entry in entries:
-            if entry.kind == KIND_DIR:
-                self.cache.prefetch(entry.chunks)
-        return iter(entries)
+    def __init__(self, objects: ObjectReader, workers: Optional[int] = None) -> None:
+        self.cache = RecordCache(objects, workers)
+        super().__init__(self.cache)
+
+    def will_read(self, directory: Entry) -> None:
+        self.cache.prefetch(directory.chunks)
 
     def close(self) -> None:
         self.cache.close()
@@ -243,7 +241,7 @@ class Prefetcher:
     lengths announced) are fetched and not yet taken.
     """
 
-    def __init__(self, objects: ObjectStore, workers: Optional[int] = None,
+    def __init__(self, objects: ObjectReader, workers: Optional[int] = None,
                  max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.objects = objects
         self.max_bytes = max_bytes
