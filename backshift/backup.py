@@ -28,7 +28,7 @@ from .catalog import BackupRecord, make_backup_id, utc_now
 from .checkpoint import Checkpointer
 from .chunking import DATA_PARAMS, METADATA_PARAMS, Chunker
 from .compression import CompressionSpec, Compressor
-from .dirstack import DirStack
+from .dirstack import A_DIRECTORY, NEW, DirStack
 from .earlier import PreviousDir, choose_previous, same_entry, unchanged
 from .filesaver import FileSaver
 from .metadata import Metadata, copy_xattrs
@@ -108,7 +108,11 @@ class Backup:
         reader = TreeReader(self.records)  # type: ignore[arg-type]
         previous = choose_previous(savedir.catalog.records(), options.hostname, options.subset)
         self.stack = DirStack(self.builder,
-                              PreviousDir.of_root(reader, previous, self.records.prefetch))
+                              PreviousDir.of_root(reader, previous, self.records.prefetch),
+                              TreeReader(savedir.objects), self._stored_fragments)
+        # A directory whose contents are refused (see _save_path), so that
+        # the paths below it are left out with one error line, not one each.
+        self._refused: Optional[List[bytes]] = None
 
     def run(self, paths: Iterable[bytes]) -> BackupRecord:
         """Back up ``paths``; return the completed record."""
@@ -136,6 +140,7 @@ class Backup:
     def _update(self, record: BackupRecord) -> None:
         record.errors = self.reporter.errors
         record.bytes_read = self.source.bytes_read
+        record.bytes_added = self.store.bytes_added
 
     def _pack_cut(self) -> None:
         self.builder.resolve(self.stack.dirs)
@@ -144,6 +149,19 @@ class Backup:
         """The tree so far, stored for a checkpoint."""
         self.packer.cut()  # no entry may be pending in what is published
         return self.builder.snapshot(self.stack.dirs, partial)
+
+    def _stored_fragments(self, components: List[bytes]) -> List[Entry]:
+        """Fragments of a directory this backup has stored so far (it is re-entered).
+
+        Rare (only input out of find order comes back to a directory), so
+        done simply: the tree so far is stored as for a checkpoint and read.
+        """
+        root = self._snapshot(None)
+        self.store.drain()  # so that what was just stored can be read back
+        try:
+            return TreeReader(self.savedir.objects).lookup(root, b"/".join(components))
+        except Exception:  # unreadable: names may then repeat across fragments
+            return []
 
     # -- one path ------------------------------------------------------------
 
@@ -158,15 +176,36 @@ class Backup:
         except SourceError as exc:
             self.reporter.error(path, str(exc))
             return
-        if stat.S_ISDIR(st.st_mode):
-            self.stack.enter(components)
-            self._save_dir(path, components[-1] if components else b"", st)
-            return
-        if not components:
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if not is_dir and not components:
             self.reporter.error(path, "the root of a backup must be a directory; not saved")
             return
-        self.stack.enter(components[:-1])
-        self._save_entry(path, components[-1], st)
+        parents = components if is_dir else components[:-1]
+        if not self._enter(path, parents):
+            return
+        if is_dir:
+            self._save_dir(path, components[-1] if components else b"", st)
+        else:
+            self._save_entry(path, components[-1], st)
+
+    def _enter(self, path: bytes, components: List[bytes]) -> bool:
+        """Open the directories of ``components``; False if one was saved as a non-directory.
+
+        Then it changed between being saved and now (a directory swapped
+        with a symlink, say): nothing below it may be recorded.
+        """
+        refused = self._refused
+        if refused is not None and components[:len(refused)] == refused:
+            return False  # already said
+        opened = self.stack.enter(components)
+        if opened == len(components):
+            return True
+        self._refused = components[:opened + 1]
+        where = b"/".join(self._refused)
+        self.reporter.error(b"/" + where if path.startswith(b"/") else where,
+                            "changed during backup (was not a directory); "
+                            "its contents are not saved")
+        return False
 
     def _save_dir(self, path: bytes, name: bytes, st: os.stat_result) -> None:
         """Give the directory just entered its own entry's metadata."""
@@ -189,6 +228,11 @@ class Backup:
 
     def _save_entry(self, path: bytes, name: bytes, st: os.stat_result) -> None:
         """Save a path other than a directory, in the directory open on top."""
+        found = self.stack.claim(name)
+        if found != NEW:
+            if found == A_DIRECTORY:
+                self.reporter.error(path, "changed during backup (was a directory); not saved")
+            return  # else given twice: saved once
         if self._reuse_unchanged(path, name, st):
             return
         directory = self.stack.top

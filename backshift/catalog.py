@@ -21,6 +21,8 @@ STATE_COMPLETE = "complete"
 # Finished, but nothing was saved: every path given failed (see FORMAT.md).
 STATE_FAILED = "failed"
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9.+=-]")
+# What make_backup_id makes: any other name in backups/ is not a record.
+_BACKUP_ID = re.compile(r"^\d{8}T\d{6}Z-[A-Za-z0-9.+=_-]+-[0-9a-f]{4}$")
 
 
 class CatalogError(Exception):
@@ -45,6 +47,10 @@ def make_backup_id(started: datetime.datetime, hostname: str, subset: str) -> st
     return "%s-%s-%s-%s" % (started.strftime("%Y%m%dT%H%M%SZ"),
                             _ID_UNSAFE.sub("_", hostname) or "_",
                             _ID_UNSAFE.sub("_", subset) or "_", os.urandom(2).hex())
+
+
+def is_backup_id(name: str) -> bool:
+    return _BACKUP_ID.match(name) is not None
 
 
 class BackupRecord:
@@ -152,9 +158,13 @@ class Catalog:
         os.makedirs(os.path.join(savedir, BACKUPS_DIR), mode=0o700, exist_ok=True)
 
     def ids(self) -> List[str]:
-        """Backup ids, oldest first."""
+        """Backup ids, oldest first (by the second each started)."""
+        return sorted(name for name in os.listdir(self.root) if is_backup_id(name))
+
+    def strays(self) -> List[str]:
+        """Names in ``backups/`` that are not backup ids (a README, say): ignored."""
         return sorted(name for name in os.listdir(self.root)
-                      if not name.startswith("."))
+                      if not name.startswith(".") and not is_backup_id(name))
 
     def path_of(self, backup_id: str) -> str:
         if "/" in backup_id or backup_id.startswith(".") or not backup_id:

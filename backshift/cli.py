@@ -6,6 +6,7 @@ save directory, unknown backup id).
 """
 
 import argparse
+import errno
 import io
 import os
 import sys
@@ -20,6 +21,7 @@ from .listing import list_backup, list_backups
 from .objectstore import ObjectError
 from .progress import LEVELS, make_reporter
 from .report import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, is_terminal
+from .retention import Policy, parse_duration
 from .records import RecordError
 from .savedir import SaveDir, SaveDirError, default_hostname, init_savedir
 from .tarout import TarFormatError, TarWriter, produce_tar
@@ -43,8 +45,13 @@ examples:
   restore a directory through tar:
     backshift --save-directory DIR --produce-tar --backup-id ID --starting-directory /etc | tar xvfp -
 
-  forget backups older than 90 days (keeping the newest 7 of each host and subset):
-    backshift --save-directory DIR --expire --max-age 90d --keep-last 7
+  keep a week of daily backups, five weekly and a year of monthly ones (days, weeks
+  and months in UTC), as a cron line; look first with --dry-run:
+    backshift --save-directory DIR --expire --keep-daily 7 --keep-weekly 5 --keep-monthly 12
+
+  delete one backup (say a failed one), then free the space only it used:
+    backshift --save-directory DIR --delete-backup ID
+    backshift --save-directory DIR --expire --keep-daily 7 --expire-grace 0s
 
 exit status: 0 all well; 1 some files not saved, changed while read, or damaged;
 2 fatal error (bad options, no save directory, unknown backup id).
@@ -71,6 +78,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number of at least 0 (0: the rule is off)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a whole number" % text) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative, not %s" % text)
+    return value
+
+
+def _duration(text: str) -> float:
+    """An argparse type: seconds in a duration such as 90d."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="backshift",
@@ -87,11 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
             ("--list-backup", "list the files of one backup, as tar tvf would"),
             ("--list-backup-simply", "list the names of the files of one backup"),
             ("--produce-tar", "write one backup (or a subtree) as a tar stream on stdout"),
-            ("--expire", "remove old backups and the data only they used"),
+            ("--expire", "remove the backups no --keep-* rule (or --max-age) keeps, "
+                         "and the data only they used"),
+            ("--stats", "totals of the save directory: backups, objects, bytes stored and "
+                        "backed up, deduplication and compression"),
             ("--check", "check every backup's records and that every object they use exists"),
             ("--verify", "as --check, and read every object and verify its digest"),
             ("--check-hashes", "the same as --verify")):
         actions.add_argument(flag, action="store_true", help=text)
+    actions.add_argument("--delete-backup", metavar="ID", nargs="+",
+                         help="remove these backups (ids as --list-backups shows them); "
+                              "the next --expire frees the space only they used")
     parser.add_argument("--init-savedir", action="store_true",
                         help="create the save directory if it does not exist")
     backup = parser.add_argument_group("backing up")
@@ -128,19 +160,35 @@ def build_parser() -> argparse.ArgumentParser:
                          help="tar format to produce (default gnu)")
     restore.add_argument("--last-n", metavar="N", type=_positive_int,
                          help="with --list-backups: only the newest N")
-    expire = parser.add_argument_group("expiring")
-    expire.add_argument("--max-age", metavar="DURATION",
-                        help="expire backups finished longer ago than this (90d, 12w, 1y, 3600s)")
-    expire.add_argument("--keep-last", metavar="N", type=int, default=0,
-                        help="keep the newest N completed backups of each host and subset")
-    expire.add_argument("--expire-grace", metavar="DURATION", default="1h",
+    expire = parser.add_argument_group(
+        "expiring", "Each host and subset on its own; a backup any rule keeps is kept.  Only\n"
+        "complete backups that saved files count (never empty, failed or unfinished\n"
+        "ones).  Hours, days, ISO weeks, months and years are those of UTC; a period\n"
+        "without a backup is not counted.")
+    expire.add_argument("--keep-last", metavar="N", type=_count, default=0,
+                        help="keep the newest N backups")
+    for unit, period in (("hourly", "hour"), ("daily", "day"), ("weekly", "ISO week"),
+                         ("monthly", "month"), ("yearly", "year")):
+        expire.add_argument("--keep-" + unit, metavar="N", type=_count, default=0,
+                            help="keep the newest backup of each of the last N %ss (UTC) "
+                                 "that have one" % period)
+    expire.add_argument("--keep-within", metavar="DURATION", type=_duration,
+                        help="keep every backup started within DURATION of the newest one")
+    expire.add_argument("--max-age", metavar="DURATION", type=_duration,
+                        help="never remove a backup younger than this; alone, expire those "
+                             "finished longer ago (90d, 12w, 1y, 3600s)")
+    expire.add_argument("--expire-grace", metavar="DURATION", type=_duration,
+                        default=parse_duration("1h"),
                         help="keep unreferenced objects used this recently (default 1h; "
                              "at least how far the writers' clocks may be off)")
+    expire.add_argument("--dry-run", action="store_true",
+                        help="with --expire: print keep or remove for each backup, and why, "
+                             "and what the sweep would free; change nothing")
     return parser
 
 
 ACTIONS = ("backup", "list_backups", "list_backup", "list_backup_simply", "produce_tar",
-           "expire", "check", "verify", "check_hashes")
+           "expire", "delete_backup", "stats", "check", "verify", "check_hashes")
 
 
 def _chosen_action(args: argparse.Namespace) -> Optional[str]:
@@ -189,6 +237,8 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None,
         return 130
     except OSError as exc:
         where = exc.filename if exc.filename is not None else ""
+        if not where and exc.errno == errno.ENOSPC and args is not None:
+            where = args.save_directory or ""  # a full disk: say which
         stderr.write("backshift: %s%s\n" % ("%s: " % os.fsdecode(where) if where else "",
                                            exc.strerror or exc))
         return EXIT_FATAL
@@ -212,6 +262,8 @@ def _require(args: argparse.Namespace, *names: str) -> None:
 def _run(args: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, stderr) -> int:
     action = _chosen_action(args)
     _require(args, "save_directory")
+    if args.dry_run and action != "expire":
+        raise UsageError("--dry-run goes with --expire")
     if action == "produce_tar" and is_terminal(stdout):
         # As gzip does: binary data on a terminal is garbage and can upset it.
         raise UsageError("--produce-tar writes a tar stream, not for a terminal; "
@@ -223,6 +275,8 @@ def _run(args: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, stderr) ->
         if action is None:
             return EXIT_OK
     savedir = SaveDir(savedir_path, hostname, durable=not args.no_fsync)
+    if action in ("list_backups", "expire", "check", "verify", "check_hashes"):
+        _note_strays(savedir, stderr)
     if action == "backup":
         return _backup(args, savedir, hostname, stdin, stderr)
     if action == "list_backups":
@@ -253,9 +307,31 @@ def _run(args: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, stderr) ->
         return EXIT_OK
     if action == "expire":
         from .expiry import run_expire
-        return run_expire(savedir, args, stderr)
+        policy = Policy(args.keep_last, args.keep_hourly, args.keep_daily, args.keep_weekly,
+                        args.keep_monthly, args.keep_yearly, args.keep_within, args.max_age)
+        return run_expire(savedir, policy, args.expire_grace, args.hostname, args.subset,
+                          args.dry_run, stdout, stderr, _verbose(args, stderr))
+    if action == "delete_backup":
+        from .expiry import run_delete
+        return run_delete(savedir, args.delete_backup, stderr, _verbose(args, stderr))
+    if action == "stats":
+        from .stats import print_stats
+        print_stats(savedir, stdout)
+        return EXIT_OK
     from .checking import run_check
     return run_check(savedir, verify=action != "check", out=stderr)
+
+
+def _verbose(args: argparse.Namespace, stderr) -> bool:
+    """Say what was removed?  When asked to, or on a terminal."""
+    level = args.progress_report
+    return level not in (None, "none") or (level is None and is_terminal(stderr))
+
+
+def _note_strays(savedir: SaveDir, stderr) -> None:
+    for name in savedir.catalog.strays():
+        stderr.write("backshift: note: %s: not a backup record (its name is not a backup "
+                     "id); ignored\n" % os.path.join(savedir.catalog.root, name))
 
 
 class _Unclosable(io.RawIOBase):
@@ -344,11 +420,27 @@ def _backup(args: argparse.Namespace, savedir: SaveDir, hostname: str, stdin: Bi
                             checkpoint_interval=args.checkpoint_interval,
                             inode_check=not args.no_inode_check,
                             settle_ns=int(args.settle_time * 1e9))
-    record = Backup(savedir, options, reporter).run(paths)
+    backup = Backup(savedir, options, reporter)
+    try:
+        record = backup.run(paths)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        stderr.write(_full_message(savedir, backup.record.backup_id, exc))
+        return EXIT_FATAL
     if level != "none":
         stderr.write("backshift: backup %s complete: %d files, %d bytes, %d errors\n"
                      % (record.backup_id, record.files, record.bytes, record.errors))
     return EXIT_PARTIAL if record.errors else EXIT_OK
+
+
+def _full_message(savedir: SaveDir, backup_id: str, exc: OSError) -> str:
+    """The one line for a save directory that filled up during a backup."""
+    line = "backshift: %s: %s" % (savedir.path, exc.strerror or "No space left on device")
+    if backup_id in savedir.catalog.ids():
+        line += ("; the unfinished backup %s holds space: free it with --delete-backup %s, "
+                 "then --expire (README, \"Save directory full\")" % (backup_id, backup_id))
+    return line + "\n"
 
 
 def entry_point() -> None:

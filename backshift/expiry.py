@@ -1,14 +1,12 @@
-"""How expiry decides: which backups go, and which objects may then go.
+"""How expiry removes: backups a policy lets go, then the objects only they used.
 
-``--expire --max-age DURATION [--keep-last N] [--hostname H] [--subset S]``
+``--expire [--keep-last N] [--keep-daily N] ... [--max-age D] [--dry-run]``
 
 1. *Now* is read from the save directory's own clock (the mtime of a file
    created there), since the hosts writing to it may disagree with ours.
-2. Backups are chosen (``choose_expired``): complete ones finished longer
-   ago than the age, except the newest N complete ones of each host and
-   subset; unfinished ones started longer ago than the age whose record
-   has not been replaced for a long time (their writer is dead).  Their
-   records are removed.
+2. Backups are chosen by the retention policy (retention.py decides; this
+   module gives it each unfinished backup's liveness): their records are
+   removed.  ``--delete-backup`` removes named records instead.
 3. Mark: every remaining backup's tree, unfinished ones included, is
    walked and the objects it refers to collected.
 4. Protection time P: the earliest start (by the save directory's clock) of
@@ -22,24 +20,27 @@
    stores it again (or re-reads the file).
 6. Temporary files of writers dead for a day are removed.
 
+A dry run makes the same decisions and the same mark, counts what the
+sweep would remove, and changes nothing (it reads this host's clock, as
+asking the save directory's would create a file there).
+
 FORMAT.md, "Expiry", gives the full safety argument.
 """
 
 import os
-import re
-from typing import Dict, Iterable, List, Optional, Sequence, Set, TextIO, Tuple
+import time
+from typing import BinaryIO, Iterable, Iterator, List, Optional, Sequence, Set, TextIO, Tuple
 
 from .catalog import BackupRecord, CatalogError
 from .checking import scan_tree
-from .objectstore import DIGEST_SIZE, TEMP_PREFIX, fsync_directory, unique_suffix
+from .objectstore import DIGEST_SIZE, TEMP_PREFIX, ObjectStore, fsync_directory, unique_suffix
 from .records import ChunkRef
-from .report import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, StatusLine, human_bytes, is_terminal
+from .report import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, StatusLine, human_bytes
+from .retention import Decision, Policy, decide
 from .savedir import SaveDir
 from .tree import TreeReader
 
 
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdwy])\s*$")
 DEFAULT_GRACE = "1h"
 # An unfinished backup whose record was not replaced for this long, and for
 # twice its checkpoint interval, is taken to be dead.
@@ -54,15 +55,6 @@ TRASH_PREFIX = ".expire-"
 
 class ExpireError(Exception):
     """Expiry cannot go on safely; the message says why."""
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a duration such as 90d, 12w, 1y, 3600s, 0s, 36h or 15m."""
-    match = _DURATION.match(text or "")
-    if not match:
-        raise ValueError("%r is not a duration (a number and one of s, m, h, d, w, y: "
-                         "90d, 12w, 1y, 3600s)" % text)
-    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
 
 
 def savedir_now(savedir: SaveDir) -> float:
@@ -102,43 +94,33 @@ class Heartbeat:
         return min(by_writer, by_writer + offset)
 
 
-def choose_expired(beats: Sequence[Heartbeat], now: float, max_age: float, keep_last: int,
-                   hostname: Optional[str] = None,
-                   subset: Optional[str] = None) -> List[Tuple[BackupRecord, str]]:
-    """Backups to remove, each with the reason; ``beats`` oldest first."""
-    newest_kept: Set[str] = set()
-    groups: Dict[Tuple[str, str], List[BackupRecord]] = {}
-    for beat in beats:
-        if beat.record.complete:
-            groups.setdefault((beat.record.hostname, beat.record.subset), []).append(beat.record)
-    for records in groups.values():
-        for record in records[len(records) - keep_last:] if keep_last > 0 else []:
-            newest_kept.add(record.backup_id)
-    chosen: List[Tuple[BackupRecord, str]] = []
-    for beat in beats:
-        record = beat.record
-        if hostname is not None and record.hostname != hostname:
-            continue
-        if subset is not None and record.subset != subset:
-            continue
-        if record.complete:
-            finished = (record.finished or record.updated).timestamp()
-            if now - finished >= max_age and record.backup_id not in newest_kept:
-                chosen.append((record, "complete, finished %s"
-                               % record.finished.strftime("%Y-%m-%d %H:%M:%SZ")
-                               if record.finished else "complete"))
-        elif now - record.started.timestamp() >= max_age and beat.stale(now):
-            chosen.append((record, "unfinished, no sign of life for %s"
-                           % _age(now - beat.mtime)))
-    return chosen
-
-
 def _age(seconds: float) -> str:
     if seconds >= 2 * 86400:
         return "%d days" % (seconds // 86400)
     if seconds >= 2 * 3600:
         return "%d hours" % (seconds // 3600)
     return "%d minutes" % (seconds // 60)
+
+
+def _refuse_unreadable(unreadable: Sequence[str]) -> None:
+    if unreadable:
+        raise ExpireError("backup records %s do not parse (see --check); not removing any "
+                          "object they might use; if they cannot be repaired, remove them with "
+                          "--delete-backup %s" % (", ".join(unreadable), " ".join(unreadable)))
+
+
+def _unreferenced(name: str, referenced: Set[bytes]) -> bool:
+    """Is ``name`` (in an object directory) an object no backup refers to?"""
+    if len(name) != 2 * DIGEST_SIZE or name.startswith("."):
+        return False
+    try:
+        return bytes.fromhex(name) not in referenced
+    except ValueError:
+        return False
+
+
+def _allocated(st: os.stat_result) -> int:
+    return st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
 
 
 def protection_time(beats: Iterable[Heartbeat], now: float, grace: float) -> float:
@@ -150,62 +132,217 @@ def protection_time(beats: Iterable[Heartbeat], now: float, grace: float) -> flo
     return earliest - grace - TIMESTAMP_MARGIN
 
 
+class Sweeper:
+    """Removes unreferenced objects older than P (step 5 of the procedure)."""
+
+    def __init__(self, objects: ObjectStore, progress: StatusLine) -> None:
+        self.objects = objects
+        self.progress = progress
+        self.objects_removed = 0
+        self.bytes_freed = 0
+        self.objects_kept_recent = 0
+        self.trash_restored = 0
+
+    def object_dirs(self) -> Iterator[Tuple[int, str, List[str]]]:
+        """(prefix, directory, names) of each object directory."""
+        for prefix in range(256):
+            directory = os.path.join(self.objects.root, "%02x" % prefix)
+            try:
+                yield prefix, directory, os.listdir(directory)
+            except FileNotFoundError:
+                continue
+
+    def sweep(self, referenced: Set[bytes], protect: float) -> None:
+        for prefix, directory, names in self.object_dirs():
+            removed_here = 0
+            for name in names:
+                if name.startswith(TRASH_PREFIX):
+                    self._restore_trash(directory, name)
+                    continue
+                if not _unreferenced(name, referenced):
+                    continue
+                freed = self._sweep_object(directory, name, protect)
+                if freed is not None:
+                    removed_here += 1
+                    self.objects_removed += 1
+                    self.bytes_freed += freed
+            if removed_here and self.objects.durable:
+                fsync_directory(directory)
+            self.progress.show("expire: sweeping %d%%, %d objects removed, %s freed"
+                               % ((prefix + 1) * 100 // 256, self.objects_removed,
+                                  human_bytes(self.bytes_freed)))
+
+    def count_sweepable(self, referenced: Set[bytes], protect: float) -> Tuple[int, int]:
+        """How many objects, and how many bytes, a sweep would remove now."""
+        objects, freed = 0, 0
+        for _prefix, directory, names in self.object_dirs():
+            for name in names:
+                if not _unreferenced(name, referenced):
+                    continue
+                try:
+                    st = os.lstat(os.path.join(directory, name))
+                except FileNotFoundError:
+                    continue
+                if st.st_mtime < protect:
+                    objects += 1
+                    freed += _allocated(st)
+        return objects, freed
+
+    def _sweep_object(self, directory: str, name: str, protect: float) -> Optional[int]:
+        """Remove one unreferenced object unless it was used since P; bytes freed or None."""
+        path = os.path.join(directory, name)
+        try:
+            if os.lstat(path).st_mtime >= protect:
+                self.objects_kept_recent += 1
+                return None
+        except FileNotFoundError:
+            return None
+        trash = os.path.join(directory, "%s%s-%s" % (TRASH_PREFIX, name,
+                                                      unique_suffix(self.objects.hostname)))
+        try:
+            os.rename(path, trash)
+        except FileNotFoundError:
+            return None
+        # A backup may have touched the object between the lstat and the
+        # rename.  Opening (not just stat'ing) makes NFS fetch fresh attributes.
+        try:
+            fd = os.open(trash, os.O_RDONLY)
+        except FileNotFoundError:
+            return None  # another expire put it back meanwhile
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if st.st_mtime >= protect:
+            self._put_back(trash, path)
+            self.objects_kept_recent += 1
+            return None
+        try:
+            os.unlink(trash)
+        except FileNotFoundError:
+            return None
+        return _allocated(st)
+
+    @staticmethod
+    def _put_back(trash: str, path: str) -> None:
+        try:
+            os.rename(trash, path)  # onto a fresh copy a backup just stored: same bytes
+        except FileNotFoundError:
+            pass
+        except OSError:
+            if os.path.exists(path):  # file systems that refuse to replace
+                os.unlink(trash)
+            else:
+                raise
+
+    def _restore_trash(self, directory: str, name: str) -> None:
+        """An object left aside by an expire that died (or is running): put it back."""
+        digest_hex = name[len(TRASH_PREFIX):len(TRASH_PREFIX) + 2 * DIGEST_SIZE]
+        try:
+            bytes.fromhex(digest_hex)
+        except ValueError:
+            return
+        if len(digest_hex) != 2 * DIGEST_SIZE:
+            return
+        trash = os.path.join(directory, name)
+        path = os.path.join(directory, digest_hex)
+        try:
+            if os.path.exists(path):
+                os.unlink(trash)
+            else:
+                os.rename(trash, path)
+            self.trash_restored += 1
+        except FileNotFoundError:
+            pass
+
+
 class Expiry:
     """One run of --expire over an opened save directory."""
 
-    def __init__(self, savedir: SaveDir, max_age: float, keep_last: int, grace: float,
-                 hostname: Optional[str], subset: Optional[str], out: TextIO,
+    def __init__(self, savedir: SaveDir, policy: Policy, grace: float,
+                 hostname: Optional[str], subset: Optional[str], err: TextIO,
                  verbose: bool) -> None:
         self.savedir = savedir
         self.objects = savedir.objects
         self.catalog = savedir.catalog
-        self.max_age = max_age
-        self.keep_last = keep_last
+        self.policy = policy
         self.grace = grace
         self.hostname = hostname
         self.subset = subset
-        self.out = out
+        self.err = err
         self.verbose = verbose
-        self.progress = StatusLine(out)
+        self.progress = StatusLine(err)
+        self.sweeper = Sweeper(savedir.objects, self.progress)
         self.backups_removed = 0
-        self.objects_removed = 0
-        self.bytes_freed = 0
-        self.objects_kept_recent = 0
         self.temps_removed = 0
-        self.trash_restored = 0
+
+    def decisions(self, beats: Sequence[Heartbeat], now: float) -> List[Decision]:
+        """The policy's verdict on every backup of the chosen hosts and subsets."""
+        chosen = [beat for beat in beats
+                  if (self.hostname is None or beat.record.hostname == self.hostname)
+                  and (self.subset is None or beat.record.subset == self.subset)]
+        live = {beat.record.backup_id for beat in chosen
+                if not beat.record.complete and not beat.stale(now)}
+        return decide([beat.record for beat in chosen], now, self.policy, live)
 
     def run(self) -> int:
         now = savedir_now(self.savedir)
         beats, unreadable = self._heartbeats()
-        for record, reason in choose_expired(beats, now, self.max_age, self.keep_last,
-                                             self.hostname, self.subset):
-            self._remove_backup(record, reason)
+        silence = {beat.record.backup_id: now - beat.mtime for beat in beats}
+        for decision in self.decisions(beats, now):
+            if not decision.keep:
+                self._remove_backup(decision.record, decision.reasons[0],
+                                    silence[decision.record.backup_id])
         status = EXIT_OK
         try:
-            if unreadable:
-                raise ExpireError("backup records %s do not parse (see --check); not removing "
-                                  "any object they might use" % ", ".join(unreadable))
+            _refuse_unreadable(unreadable)
             # Listed again: a backup that began meanwhile is seen, or else it
             # began after `now` and touches everything it uses after P.
             beats, unreadable = self._heartbeats()
-            if unreadable:
-                raise ExpireError("backup records %s do not parse (see --check); not removing "
-                                  "any object they might use" % ", ".join(unreadable))
+            _refuse_unreadable(unreadable)
             protect = protection_time(beats, now, self.grace)
             referenced = self._mark(beats)
-            self._sweep(referenced, protect)
+            self.sweeper.sweep(referenced, protect)
         except ExpireError as exc:
             self.progress.clear()
-            self.out.write("backshift: expire: %s\n" % exc)
+            self.err.write("backshift: expire: %s\n" % exc)
             status = EXIT_PARTIAL
         self._remove_temporaries(now)
         self.progress.clear()
         if self.verbose:
-            self.out.write("backshift: expire: removed %d backups and %d objects, %s freed; "
+            self.err.write("backshift: expire: removed %d backups and %d objects, %s freed; "
                            "kept %d unreferenced recent objects\n"
-                           % (self.backups_removed, self.objects_removed,
-                              human_bytes(self.bytes_freed), self.objects_kept_recent))
+                           % (self.backups_removed, self.sweeper.objects_removed,
+                              human_bytes(self.sweeper.bytes_freed),
+                              self.sweeper.objects_kept_recent))
         return status
+
+    def dry_run(self, out: BinaryIO) -> int:
+        """Say what run() would do, from the same decisions and a real mark; change nothing."""
+        now = time.time()
+        beats, unreadable = self._heartbeats()
+        decisions = self.decisions(beats, now)
+        for decision in decisions:
+            out.write(("%-6s %s  %s\n" % ("keep" if decision.keep else "remove",
+                                           decision.record.backup_id,
+                                           ", ".join(decision.reasons))).encode())
+        removed = {decision.record.backup_id for decision in decisions if not decision.keep}
+        remaining = [beat for beat in beats if beat.record.backup_id not in removed]
+        try:
+            _refuse_unreadable(unreadable)
+            referenced = self._mark(remaining)
+        except ExpireError as exc:
+            self.progress.clear()
+            out.flush()
+            self.err.write("backshift: expire: %s\n" % exc)
+            return EXIT_PARTIAL
+        protect = protection_time(remaining, now, self.grace)
+        objects, freed = self.sweeper.count_sweepable(referenced, protect)
+        self.progress.clear()
+        out.write(("dry run: would remove %d backups, then %d objects (%s)\n"
+                   % (len(removed), objects, human_bytes(freed))).encode())
+        out.flush()
+        return EXIT_OK
 
     # -- the catalog -----------------------------------------------------------
 
@@ -227,14 +364,16 @@ class Expiry:
         beats.sort(key=lambda beat: beat.record.started)
         return beats, unreadable
 
-    def _remove_backup(self, record: BackupRecord, reason: str) -> None:
+    def _remove_backup(self, record: BackupRecord, reason: str, silent_for: float) -> None:
         try:
             self.catalog.remove(record.backup_id)
         except FileNotFoundError:
             return  # another expire was first
         self.backups_removed += 1
         if self.verbose:
-            self.out.write("backshift: expire: removed backup %s (%s)\n"
+            if not record.complete and record.finished is None:
+                reason += ", no sign of life for %s" % _age(silent_for)
+            self.err.write("backshift: expire: removed backup %s (%s)\n"
                            % (record.backup_id, reason))
 
     # -- mark --------------------------------------------------------------------
@@ -288,106 +427,6 @@ class Expiry:
                 raise ExpireError("backup record %s does not parse" % record.backup_id) from None
             return None
 
-    # -- sweep -------------------------------------------------------------------
-
-    def _sweep(self, referenced: Set[bytes], protect: float) -> None:
-        for prefix in range(256):
-            directory = os.path.join(self.objects.root, "%02x" % prefix)
-            try:
-                names = os.listdir(directory)
-            except FileNotFoundError:
-                continue
-            removed_here = 0
-            for name in names:
-                if name.startswith(TRASH_PREFIX):
-                    self._restore_trash(directory, name)
-                    continue
-                if len(name) != 2 * DIGEST_SIZE or name.startswith("."):
-                    continue
-                try:
-                    digest = bytes.fromhex(name)
-                except ValueError:
-                    continue
-                if digest in referenced:
-                    continue
-                freed = self._sweep_object(directory, name, protect)
-                if freed is not None:
-                    removed_here += 1
-                    self.objects_removed += 1
-                    self.bytes_freed += freed
-            if removed_here and self.objects.durable:
-                fsync_directory(directory)
-            self.progress.show("expire: sweeping %d%%, %d objects removed, %s freed"
-                               % ((prefix + 1) * 100 // 256, self.objects_removed,
-                                  human_bytes(self.bytes_freed)))
-
-    def _sweep_object(self, directory: str, name: str, protect: float) -> Optional[int]:
-        """Remove one unreferenced object unless it was used since P; bytes freed or None."""
-        path = os.path.join(directory, name)
-        try:
-            if os.lstat(path).st_mtime >= protect:
-                self.objects_kept_recent += 1
-                return None
-        except FileNotFoundError:
-            return None
-        trash = os.path.join(directory, "%s%s-%s" % (TRASH_PREFIX, name,
-                                                      unique_suffix(self.savedir.hostname)))
-        try:
-            os.rename(path, trash)
-        except FileNotFoundError:
-            return None
-        # A backup may have touched the object between the lstat and the
-        # rename.  Opening (not just stat'ing) makes NFS fetch fresh attributes.
-        try:
-            fd = os.open(trash, os.O_RDONLY)
-        except FileNotFoundError:
-            return None  # another expire put it back meanwhile
-        try:
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        if st.st_mtime >= protect:
-            self._put_back(trash, path)
-            self.objects_kept_recent += 1
-            return None
-        try:
-            os.unlink(trash)
-        except FileNotFoundError:
-            return None
-        return st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
-
-    @staticmethod
-    def _put_back(trash: str, path: str) -> None:
-        try:
-            os.rename(trash, path)  # onto a fresh copy a backup just stored: same bytes
-        except FileNotFoundError:
-            pass
-        except OSError:
-            if os.path.exists(path):  # file systems that refuse to replace
-                os.unlink(trash)
-            else:
-                raise
-
-    def _restore_trash(self, directory: str, name: str) -> None:
-        """An object left aside by an expire that died (or is running): put it back."""
-        digest_hex = name[len(TRASH_PREFIX):len(TRASH_PREFIX) + 2 * DIGEST_SIZE]
-        try:
-            bytes.fromhex(digest_hex)
-        except ValueError:
-            return
-        if len(digest_hex) != 2 * DIGEST_SIZE:
-            return
-        trash = os.path.join(directory, name)
-        path = os.path.join(directory, digest_hex)
-        try:
-            if os.path.exists(path):
-                os.unlink(trash)
-            else:
-                os.rename(trash, path)
-            self.trash_restored += 1
-        except FileNotFoundError:
-            pass
-
     # -- leftovers of dead writers ---------------------------------------------
 
     def _remove_temporaries(self, now: float) -> None:
@@ -400,23 +439,34 @@ class Expiry:
                 continue
 
 
-def run_expire(savedir: SaveDir, args, stderr: TextIO) -> int:
-    """``--expire``: remove old backups, then every object no backup uses."""
-    if args.max_age is None:
-        stderr.write("backshift: --expire needs --max-age (e.g. --max-age 90d; --max-age 0s "
-                     "--keep-last N keeps only the newest N) (see backshift --help)\n")
+def run_expire(savedir: SaveDir, policy: Policy, grace: float, hostname: Optional[str],
+               subset: Optional[str], dry_run: bool, out: BinaryIO, err: TextIO,
+               verbose: bool) -> int:
+    """``--expire``: remove the backups the policy lets go, then every object no backup uses."""
+    if not policy.has_rule():
+        err.write("backshift: --expire needs a rule saying what to keep, e.g. --keep-daily 7 "
+                  "--keep-weekly 5 --keep-monthly 12, or --max-age 90d "
+                  "(see backshift --help)\n")
         return EXIT_FATAL
-    try:
-        max_age = parse_duration(args.max_age)
-        grace = parse_duration(getattr(args, "expire_grace", None) or DEFAULT_GRACE)
-    except ValueError as exc:
-        stderr.write("backshift: %s (see backshift --help)\n" % exc)
-        return EXIT_FATAL
-    if args.keep_last < 0:
-        stderr.write("backshift: --keep-last must not be negative (see backshift --help)\n")
-        return EXIT_FATAL
-    level = getattr(args, "progress_report", None)
-    verbose = (level not in (None, "none")) or (level is None and is_terminal(stderr))
-    return Expiry(savedir, max_age, args.keep_last, grace, args.hostname, args.subset,
-                  stderr, verbose).run()
+    expiry = Expiry(savedir, policy, grace, hostname, subset, err, verbose)
+    return expiry.dry_run(out) if dry_run else expiry.run()
 
+
+def run_delete(savedir: SaveDir, backup_ids: Sequence[str], err: TextIO, verbose: bool) -> int:
+    """``--delete-backup``: remove these records (all or none); --expire frees their objects."""
+    catalog = savedir.catalog
+    present = set(catalog.ids())
+    unknown = [backup_id for backup_id in backup_ids if backup_id not in present]
+    if unknown:
+        err.write("backshift: no backup with id %s (see --list-backups); nothing deleted\n"
+                  % ", ".join(unknown))
+        return EXIT_FATAL
+    for backup_id in dict.fromkeys(backup_ids):
+        try:
+            catalog.remove(backup_id)
+        except FileNotFoundError:
+            continue  # removed meanwhile (an expire)
+        if verbose:
+            err.write("backshift: deleted backup %s; --expire frees the space only it used\n"
+                      % backup_id)
+    return EXIT_OK

@@ -38,9 +38,10 @@ def quote_name(name: bytes) -> bytes:
 def backup_line(record: BackupRecord) -> str:
     finished = record.finished.strftime("%Y-%m-%dT%H:%M:%SZ") if record.finished \
         else "unfinished"
-    return "%s %s %s %s %s %d files %d bytes" % (
+    return "%s %s %s %s %s %d files %d bytes, %d bytes added" % (
         record.backup_id, record.hostname, record.subset,
-        record.started.strftime("%Y-%m-%dT%H:%M:%SZ"), finished, record.files, record.bytes)
+        record.started.strftime("%Y-%m-%dT%H:%M:%SZ"), finished, record.files, record.bytes,
+        record.bytes_added)
 
 
 def list_backups(records: Iterable[BackupRecord], out: BinaryIO) -> None:

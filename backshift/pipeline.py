@@ -81,6 +81,15 @@ class StorePipeline:
         self._pending: Dict[bytes, Tuple["Future[bytes]", int]] = {}
         self._pending_bytes = 0
         self.peak_bytes = 0
+        # ObjectStore.put writes a file only for an object not present
+        # (else it touches it): what it wrote since we began is our growth.
+        self._written_before = objects.bytes_written
+
+    @property
+    def bytes_added(self) -> int:
+        """Bytes of object files this pipeline added to the save directory (after ``sync``,
+        all of those handed over)."""
+        return self.objects.bytes_written - self._written_before
 
     def put(self, data: bytes, compressor: Compressor, digest: Optional[bytes] = None) -> bytes:
         """Hand ``data`` over for storing; return its digest."""

@@ -10,7 +10,7 @@ them at once (``resolve``).  Small directories' records are held inline in
 their entry.
 """
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Set, Tuple, Union
 
 from .chunking import Chunker
 from .compression import Compressor
@@ -34,7 +34,7 @@ class OpenDir:
     wait behind it.
     """
 
-    __slots__ = ("name", "meta", "writer", "previous", "queue")
+    __slots__ = ("name", "meta", "writer", "previous", "queue", "names", "before")
 
     def __init__(self, name: bytes, writer: RecordWriter, previous: Optional[PreviousDir]) -> None:
         self.name = name
@@ -42,6 +42,11 @@ class OpenDir:
         self.writer = writer
         self.previous = previous
         self.queue: List[Union[Entry, bytes]] = []
+        # Names recorded in this fragment, as name_key values (dirstack.py),
+        # and, if the input left this directory and came back, its earlier
+        # fragments in this same backup.
+        self.names: Set[int] = set()
+        self.before: Optional[PreviousDir] = None
 
 
 class TreeBuilder:

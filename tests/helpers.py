@@ -1,14 +1,43 @@
 """Helpers for tests: run backshift and tar as real processes, compare trees."""
 
+import json
 import os
 import stat
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+from backshift.objectstore import ObjectStore
+from backshift.records import FLAG_PACKED, Entry
+from backshift.savedir import SaveDir
+from backshift.tree import TreeReader
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKSHIFT = [sys.executable, os.path.join(REPO, "bin", "backshift")]
 RANDOMIZE = [sys.executable, os.path.join(REPO, "bin", "randomize")]
+
+KIB = 1024
+MIB = 1024 * 1024
+HOURS_AGO_2 = 2 * 3600
+# Trust files written before an earlier backup began, however recently:
+# tests pass this instead of waiting out the 2 s recent-change guard.
+NO_SETTLE = ("--settle-time", "0")
+# Bytes that must never reach a save directory (tests of symlink races).
+SECRET = b"FOREIGN-SECRET-" * 64
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 120.0,
+               what: str = "condition") -> None:
+    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds.
+
+    The one place tests wait for another process: on a file appearing, a
+    record changing; never a fixed sleep to order events.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting for " + what
+        time.sleep(0.005)
 
 
 def run(args: Sequence[str], input: Optional[bytes] = None, cwd: Optional[str] = None,
@@ -168,7 +197,6 @@ def make_hostile_tree(top: str) -> None:
 
 def read_record(savedir: str, backup_id: str) -> dict:
     """A backup record (backups/<id>) as the JSON document FORMAT.md describes."""
-    import json
     with open(os.path.join(savedir, "backups", backup_id), "rb") as handle:
         return json.loads(handle.read().decode("utf-8"))
 
@@ -178,3 +206,149 @@ def outgrow_inline_record(directory: str, files: int = 80) -> None:
     parent's (backup.DIR_INLINE_MAX): it then gets objects of its own."""
     for number in range(files):
         open(os.path.join(directory, "filler-%03d" % number), "wb").close()
+
+
+def write(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
+def age_files(top: str, seconds: float) -> None:
+    """Pretend everything under ``top`` was last written ``seconds`` ago."""
+    then = time.time() - seconds
+    for dirpath, _dirnames, filenames in os.walk(top):
+        for name in filenames:
+            os.utime(os.path.join(dirpath, name), (then, then))
+
+
+def tree_entries(savedir: str, backup_id: str) -> Dict[bytes, Entry]:
+    """Every entry of a backup by path (as stored, without a leading '/')."""
+    store = SaveDir(savedir, "test")
+    root = store.catalog.read(backup_id).root
+    return dict(TreeReader(store.objects).walk(root, include_implicit=True))
+
+
+def object_digests(savedir: str) -> Set[str]:
+    top = os.path.join(savedir, "objects")
+    return {name for sub in os.listdir(top) for name in os.listdir(os.path.join(top, sub))
+            if not name.startswith(".")}
+
+
+def pack_of(entry: Entry) -> bytes:
+    assert entry.flags & FLAG_PACKED, entry
+    (digest, _length), = entry.chunks
+    return digest
+
+
+def restore(savedir: str, backup_id: str, dest: str, extra: Sequence[str] = ()) -> bytes:
+    stream = produce_tar(savedir, backup_id, list(extra))
+    extract(stream, dest)
+    return stream
+
+
+def all_stored_bytes(savedir: str) -> bytes:
+    """Every object of the save directory, decompressed and concatenated."""
+    store = ObjectStore(savedir, "test")
+    return b"".join(store.get(digest) for digest in store.iter_digests())
+
+
+class FedBackup:
+    """A backup process fed its paths through a pipe, a few at a time.
+
+    Between feeds it waits for input (as behind a slow find): running,
+    unfinished, its record written, touching nothing more.
+    """
+
+    def __init__(self, savedir: str, cwd: object, subset: str = "test",
+                 extra: Sequence[str] = ()) -> None:
+        self.savedir = savedir
+        self.known = set(list_ids(savedir))
+        self.proc = subprocess.Popen(BACKSHIFT + [
+            "--save-directory", savedir, "--backup", "--subset", subset, "--no-fsync"]
+            + list(extra), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, cwd=str(cwd))
+
+    def feed(self, paths: bytes) -> None:
+        self.proc.stdin.write(paths)
+        self.proc.stdin.flush()
+
+    def wait_started(self) -> str:
+        """Wait until its first record is written (it is then reading paths); its id."""
+        wait_until(lambda: self._new_ids(), what="the backup's first record")
+        return self._new_ids()[0]
+
+    def _new_ids(self) -> List[str]:
+        assert self.proc.poll() is None, "backup ended early: " + \
+            self.proc.stderr.read().decode(errors="replace")
+        return [i for i in list_ids(self.savedir) if i not in self.known]
+
+    def finish(self, paths: bytes = b"") -> Tuple[int, bytes]:
+        """Send the last paths and end of input; (exit status, stderr)."""
+        _out, err = self.proc.communicate(paths, timeout=300)
+        return self.proc.returncode, err
+
+
+# Four writers at once (test_concurrency.py; test_sshfs.py on a real sshfs mount).
+SHARED = 6 * 1024 * 1024
+
+
+def make_sources(base: str) -> List[str]:
+    """Four source trees sharing one big file and a directory of small ones."""
+    shared = os.urandom(SHARED)
+    small = [os.urandom(500 + 300 * n) for n in range(30)]
+    names = []
+    for n in range(4):
+        top = os.path.join(base, "src%d" % n)
+        os.makedirs(os.path.join(top, "common"))
+        with open(os.path.join(top, "shared.bin"), "wb") as handle:
+            handle.write(shared)
+        for i, data in enumerate(small):
+            with open(os.path.join(top, "common", "s%02d" % i), "wb") as handle:
+                handle.write(data)
+        with open(os.path.join(top, "own.bin"), "wb") as handle:
+            handle.write(os.urandom(200_000))  # unique to this tree
+        names.append("src%d" % n)
+    return names
+
+
+def four_at_once(savedir: str, base: str, extra: Tuple[str, ...] = ()) -> None:
+    """Back up four trees concurrently into ``savedir``; check stored-once and restores."""
+    names = make_sources(base)
+    who = [("alpha", "root"), ("alpha", "root"), ("alpha", "home"), ("beta", "root")]
+    procs = []
+    for name, (host, subset) in zip(names, who):
+        proc = subprocess.Popen(BACKSHIFT + [
+            "--save-directory", savedir, "--backup", "--subset", subset, "--hostname", host,
+            "--checkpoint-interval", "0.1"] + list(extra),
+            cwd=base, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs.append(proc)
+    # Start feeding only once all four are up, so their work overlaps.
+    for name, proc in zip(names, procs):
+        proc.stdin.write(find_print0(name, cwd=base))
+        proc.stdin.close()
+    for proc in procs:
+        err = proc.stderr.read()
+        assert proc.wait(timeout=300) == 0, err.decode(errors="replace")
+        proc.stdout.close()
+        proc.stderr.close()
+    ids = list_ids(savedir)
+    assert len(ids) == 4
+    by_host = sorted((read_record(savedir, i)["hostname"], read_record(savedir, i)["subset"])
+                     for i in ids)
+    assert by_host == sorted(who)
+    for backup_id in ids:
+        record = read_record(savedir, backup_id)
+        assert record["state"] == "complete"
+        dest = os.path.join(base, "restore-" + backup_id)
+        extract(produce_tar(savedir, backup_id), dest)
+        restored = os.listdir(dest)
+        assert len(restored) == 1
+        assert_same_tree(os.path.join(base, restored[0]), os.path.join(dest, restored[0]))
+    # The shared 6 MiB is stored once: four copies would need 24 MiB.
+    unique = 4 * 200_000
+    assert du_bytes(os.path.join(savedir, "objects")) < SHARED + unique + 2 * 1024 * 1024
+    leftovers = [name for _dir, _subdirs, files in os.walk(savedir) for name in files
+                 if name.startswith(".tmp-")]
+    assert not leftovers
+    run_ok(["--save-directory", savedir, "--check"])

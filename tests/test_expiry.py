@@ -6,20 +6,18 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import threading
 import time
 
 import pytest
 
 import helpers
+from helpers import HOURS_AGO_2, MIB, FedBackup, age_files, wait_until
 from backshift.catalog import BackupRecord
-from backshift.expiry import TIMESTAMP_MARGIN, Heartbeat, parse_duration, protection_time
+from backshift.expiry import TIMESTAMP_MARGIN, Heartbeat, protection_time
+from backshift.retention import parse_duration
 from backshift.savedir import SaveDir
 from backshift.tree import TreeReader
-
-MIB = 1024 * 1024
-HOURS_AGO_2 = 2 * 3600
 
 
 def expire(savedir, *args, expect=0):
@@ -33,14 +31,6 @@ def removed_counts(report: str):
     match = re.search(r"removed (\d+) backups and (\d+) objects", report)
     assert match, report
     return int(match.group(1)), int(match.group(2))
-
-
-def age_files(top: str, seconds: float) -> None:
-    """Pretend everything under ``top`` was last written ``seconds`` ago."""
-    then = time.time() - seconds
-    for dirpath, _dirnames, filenames in os.walk(top):
-        for name in filenames:
-            os.utime(os.path.join(dirpath, name), (then, then))
 
 
 def object_files(savedir: str):
@@ -160,38 +150,11 @@ def test_max_age_keep_last_host_and_subset(tmp_path, savedir):
     expire(savedir, "--max-age", "0s", "--keep-last", "1")
     assert set(helpers.list_ids(savedir)) == {ids[("h1", "root")][-1], ids[("h1", "home")][0],
                                              ids[("h2", "root")][-1]}
-    expire(savedir, "--max-age", "0s")
-    assert helpers.list_ids(savedir) == []
-
-
-class FedBackup:
-    """A backup process fed its paths through a pipe, a few at a time.
-
-    Between feeds it waits for input (as behind a slow find): running,
-    unfinished, its record written, touching nothing more.
-    """
-
-    def __init__(self, savedir, cwd, subset="test", extra=()):
-        self.proc = subprocess.Popen(helpers.BACKSHIFT + [
-            "--save-directory", savedir, "--backup", "--subset", subset, "--no-fsync"]
-            + list(extra), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, cwd=str(cwd))
-
-    def feed(self, paths: bytes) -> None:
-        self.proc.stdin.write(paths)
-        self.proc.stdin.flush()
-
-    def finish(self, paths: bytes = b""):
-        """Send the last paths and end of input; (exit status, stderr)."""
-        _out, err = self.proc.communicate(paths, timeout=300)
-        return self.proc.returncode, err
-
-
-def wait_until(predicate, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
+    # No rule keeps anything: refused (exit 2), never "remove everything".
+    left = helpers.list_ids(savedir)
+    expire(savedir, "--max-age", "0s", expect=2)
+    expire(savedir, expect=2)
+    assert helpers.list_ids(savedir) == left
 
 
 def test_objects_a_running_backup_found_present_survive_expiry(tmp_path, savedir):
@@ -218,7 +181,8 @@ def test_objects_a_running_backup_found_present_survive_expiry(tmp_path, savedir
     second = [i for i in helpers.list_ids(savedir) if i != first][0]
     record = open(os.path.join(savedir, "backups", second)).read()
     assert '"state": "unfinished"' in record and '"root": null' in record
-    report = expire(savedir, "--max-age", "0s", "--expire-grace", "0s")
+    helpers.run_ok(["--save-directory", savedir, "--delete-backup", first])
+    report = expire(savedir, "--keep-last", "1", "--expire-grace", "0s")
     assert helpers.list_ids(savedir) == [second]
     assert removed_counts(report)[1] >= 1
     assert not any(os.path.exists(path) for path in gone)  # real garbage went
@@ -244,7 +208,7 @@ def test_unfinished_backups_live_are_kept_stale_are_removed(tmp_path, savedir):
     assert object_files(savedir)
 
     # Its record was just written: for all expire knows it is still running.
-    report = expire(savedir, "--max-age", "0s", "--expire-grace", "0s")
+    report = expire(savedir, "--max-age", "0s", "--keep-last", "1", "--expire-grace", "0s")
     assert removed_counts(report) == (0, 0)
     assert helpers.list_ids(savedir) == [crashed]
 
@@ -254,7 +218,7 @@ def test_unfinished_backups_live_are_kept_stale_are_removed(tmp_path, savedir):
     os.utime(record, (time.time() - HOURS_AGO_2,) * 2)
     report = expire(savedir, "--max-age", "1d")  # younger than a day: kept
     assert helpers.list_ids(savedir) == [crashed]
-    report = expire(savedir, "--max-age", "0s")
+    report = expire(savedir, "--max-age", "0s", "--keep-last", "1")
     assert "unfinished" in report and crashed in report
     assert helpers.list_ids(savedir) == []
     assert object_files(savedir) == []
@@ -267,13 +231,15 @@ def test_a_backup_expired_as_dead_that_wakes_up_stops(tmp_path, savedir):
     src.mkdir()
     (src / "a.bin").write_bytes(os.urandom(MIB))
     (src / "b.bin").write_bytes(os.urandom(MIB))
-    stalled_backup = FedBackup(savedir, tmp_path, extra=["--checkpoint-interval", "0.05"])
+    # No checkpoint while the test runs: one renewing the record after it is
+    # aged below would (rightly) make the backup look alive.
+    stalled_backup = FedBackup(savedir, tmp_path, extra=["--checkpoint-interval", "600"])
     stalled_backup.feed(b"src\0src/a.bin\0")
     wait_until(lambda: len(object_files(savedir)) >= 1)
     (stalled,) = helpers.list_ids(savedir)
     record = os.path.join(savedir, "backups", stalled)
     os.utime(record, (time.time() - HOURS_AGO_2,) * 2)
-    report = expire(savedir, "--max-age", "0s")
+    report = expire(savedir, "--max-age", "0s", "--keep-last", "1")
     assert stalled in report and helpers.list_ids(savedir) == []
     status, err = stalled_backup.finish(b"src/b.bin\0")
     assert status == 2
@@ -382,7 +348,7 @@ def test_expire_in_a_loop_while_three_backups_run(tmp_path, savedir):
                 new = [backup_id for backup_id in set(helpers.list_ids(savedir)) - before
                        if "-%s-" % host in backup_id]
                 assert len(new) <= 1, new
-                if new:  # else already expired (--keep-last 0): nothing to restore
+                if new:  # else already expired: nothing to restore
                     snapshots[new[0]] = (host, helpers.snapshot(top))
         except Exception as exc:  # reported by the main thread
             failures.append((host, repr(exc)))
@@ -392,8 +358,8 @@ def test_expire_in_a_loop_while_three_backups_run(tmp_path, savedir):
         thread.start()
     # Never all of them at once: some backups must remain to be restored.
     settings = [["--keep-last", "1"], ["--keep-last", "2"],
-                ["--keep-last", "0", "--hostname", "h3"],
-                ["--keep-last", "1", "--hostname", "h2"], ["--keep-last", "0", "--subset", "x"]]
+                ["--keep-within", "0s", "--hostname", "h3"],
+                ["--keep-last", "1", "--hostname", "h2"], ["--keep-within", "0s", "--subset", "x"]]
     runs = objects_removed = backups_removed = 0
     try:
         while any(thread.is_alive() for thread in threads):

@@ -9,7 +9,6 @@ import hashlib
 import io
 import os
 import random
-import shutil
 import subprocess
 import tarfile
 import time
@@ -18,18 +17,13 @@ from typing import Dict, List, Optional, Set, Tuple
 import pytest
 
 import helpers
+from helpers import KIB, NO_SETTLE, object_digests, pack_of, restore, tree_entries, write
 from backshift.compression import CompressionSpec, Compressor
 from backshift.packing import Packer, PackParams
 from backshift.records import (FLAG_INLINE, FLAG_PACKED, KIND_DIR, KIND_FILE, KIND_HARDLINK,
                                Entry, RecordError, decode_entry, encode_entry, iter_entries,
                                record_header)
 from backshift.savedir import SaveDir
-from backshift.tree import TreeReader
-
-KIB = 1024
-# Files changed within 2 s of a backup's start are read again by the next
-# one (FORMAT.md, "Reusing earlier backups"); tests that need reuse wait.
-SETTLE_SECONDS = 2.2
 
 
 # -- the Packer, with an in-memory store -------------------------------------
@@ -360,12 +354,6 @@ def test_packed_reference_of_the_wrong_length_is_rejected():
 
 # -- end to end, through the command line and GNU tar ---------------------------
 
-def write(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as handle:
-        handle.write(data)
-
-
 def find_order(parent: str, names: List[str]) -> List[str]:
     """``names`` (entries of ``parent``) in the order real find meets them."""
     out = subprocess.run(["find", parent, "-mindepth", "1", "-maxdepth", "1", "-print0"],
@@ -432,19 +420,6 @@ def make_mixed_tree(top: str) -> Dict[str, str]:
             "left_second": os.path.relpath(os.path.join(late_dir, "left-second"), top)}
 
 
-def tree_entries(savedir: str, backup_id: str) -> Dict[bytes, Entry]:
-    """Every entry of a backup by path (as stored, without a leading '/')."""
-    store = SaveDir(savedir, "test")
-    root = store.catalog.read(backup_id).root
-    return dict(TreeReader(store.objects).walk(root, include_implicit=True))
-
-
-def object_digests(savedir: str) -> Set[str]:
-    top = os.path.join(savedir, "objects")
-    return {name for sub in os.listdir(top) for name in os.listdir(os.path.join(top, sub))
-            if not name.startswith(".")}
-
-
 def record_digests(entries: Dict[bytes, Entry], savedir: str, backup_id: str) -> Set[str]:
     """Objects holding directory records (the top record included)."""
     root = SaveDir(savedir, "test").catalog.read(backup_id).root
@@ -453,18 +428,6 @@ def record_digests(entries: Dict[bytes, Entry], savedir: str, backup_id: str) ->
         if entry.kind == KIND_DIR:
             found.update(digest.hex() for digest, _ in entry.chunks)
     return found
-
-
-def pack_of(entry: Entry) -> bytes:
-    assert entry.flags & FLAG_PACKED, entry
-    (digest, _length), = entry.chunks
-    return digest
-
-
-def restore(savedir: str, backup_id: str, dest: str, extra=()) -> bytes:
-    stream = helpers.produce_tar(savedir, backup_id, list(extra))
-    helpers.extract(stream, dest)
-    return stream
 
 
 def assert_stored_as_format_md_says(entries: Dict[bytes, Entry], top: str) -> None:
@@ -579,8 +542,7 @@ def test_many_small_files_few_objects_and_cheap_rebackups(savedir, tmp_path):
     top = str(tmp_path / "src")
     count = 2000
     total = make_many_small_files(top, count, seed=30)
-    time.sleep(SETTLE_SECONDS)
-    first_id = helpers.backup(savedir, "src", cwd=str(tmp_path))
+    first_id = helpers.backup(savedir, "src", cwd=str(tmp_path), extra=NO_SETTLE)
     first = helpers.read_record(savedir, first_id)
     assert first["bytes_read"] == total and first["files"] == count
     objects = object_digests(savedir)
@@ -591,7 +553,7 @@ def test_many_small_files_few_objects_and_cheap_rebackups(savedir, tmp_path):
     helpers.assert_same_tree(top, os.path.join(dest, "src"))
 
     # Unchanged: nothing read, nothing written.
-    second_id = helpers.backup(savedir, "src", cwd=str(tmp_path))
+    second_id = helpers.backup(savedir, "src", cwd=str(tmp_path), extra=NO_SETTLE)
     second = helpers.read_record(savedir, second_id)
     assert second["bytes_read"] == 0
     assert second["files_reused"] == count and second["bytes_reused"] == total
@@ -603,7 +565,7 @@ def test_many_small_files_few_objects_and_cheap_rebackups(savedir, tmp_path):
     with open(edited, "r+b") as handle:
         handle.write(b"edited")
     size = os.path.getsize(edited)
-    third_id = helpers.backup(savedir, "src", cwd=str(tmp_path))
+    third_id = helpers.backup(savedir, "src", cwd=str(tmp_path), extra=NO_SETTLE)
     third = helpers.read_record(savedir, third_id)
     assert third["bytes_read"] == size and third["files_reused"] == count - 1
     entries = tree_entries(savedir, third_id)
@@ -636,8 +598,7 @@ def test_small_files_read_again_with_the_same_content_keep_their_pack(savedir, t
     same, so it points at the earlier pack instead of being packed anew."""
     top = str(tmp_path / "src")
     make_many_small_files(top, 200, seed=50)
-    time.sleep(SETTLE_SECONDS)
-    first_id = helpers.backup(savedir, "src", cwd=str(tmp_path))
+    first_id = helpers.backup(savedir, "src", cwd=str(tmp_path), extra=NO_SETTLE)
     objects = object_digests(savedir)
     touched = [os.path.join(top, "g%02d" % group, "file%04d" % (group + 20))
                for group in (1, 2, 3)]
@@ -646,7 +607,7 @@ def test_small_files_read_again_with_the_same_content_keep_their_pack(savedir, t
         os.utime(path, (time.time(), time.time() + 5))
     with open(edited, "r+b") as handle:
         handle.write(b"changed")
-    second_id = helpers.backup(savedir, "src", cwd=str(tmp_path))
+    second_id = helpers.backup(savedir, "src", cwd=str(tmp_path), extra=NO_SETTLE)
     second = helpers.read_record(savedir, second_id)
     assert second["files_reused"] == 200 - 4
     assert second["bytes_read"] == sum(os.path.getsize(path) for path in touched + [edited])

@@ -13,7 +13,6 @@ import os
 import random
 import shutil
 import subprocess
-import time
 from typing import Dict, List, Sequence
 
 import pytest
@@ -29,23 +28,15 @@ from backshift.savedir import SaveDir
 from backshift.sourcefs import ParentCache
 from backshift.tarout import TarWriter, produce_tar
 from backshift.tree import TreeReader
-from test_expiry import HOURS_AGO_2, FedBackup, age_files, wait_until
-from test_packing import SETTLE_SECONDS, object_digests, pack_of, restore, tree_entries, write
-from test_safety import SECRET, all_stored_bytes
-
-KIB = 1024
+from helpers import (HOURS_AGO_2, KIB, NO_SETTLE, SECRET, FedBackup, age_files, all_stored_bytes,
+                     object_digests, pack_of, restore, tree_entries, wait_until, write)
 
 
-def settle() -> None:
-    """Let every file be older than the 2 s guard before the next backup starts."""
-    time.sleep(SETTLE_SECONDS)
-
-
-def backup_paths(savedir: str, paths: Sequence[bytes], cwd: str) -> str:
+def backup_paths(savedir: str, paths: Sequence[bytes], cwd: str, extra: Sequence[str] = ()) -> str:
     """Back up exactly ``paths`` (an input written by hand, not find's); the backup id."""
     before = set(helpers.list_ids(savedir))
     result = helpers.run(["--save-directory", savedir, "--backup", "--subset", "test",
-                          "--no-fsync"], input=b"".join(path + b"\0" for path in paths), cwd=cwd)
+                          "--no-fsync"] + list(extra), input=b"".join(path + b"\0" for path in paths), cwd=cwd)
     assert result.returncode == 0 and not result.stderr, result.stderr.decode(errors="replace")
     new = sorted(set(helpers.list_ids(savedir)) - before)
     assert len(new) == 1, new
@@ -97,8 +88,7 @@ def test_rebackup_after_changes_that_keep_sizes_restores_exactly(savedir, tmp_pa
     os.symlink("target-B", str(src / "link-kept"))
     make("pair-1", 3000)
     os.link(str(src / "pair-1"), str(src / "pair-2"))  # two links: never the fast path
-    settle()
-    first_id = helpers.backup(savedir, "src", cwd=str(tmp_path))
+    first_id = helpers.backup(savedir, "src", cwd=str(tmp_path), extra=NO_SETTLE)
     first = helpers.read_record(savedir, first_id)
     assert first["files_reused"] == 0 and first["bytes_read"] == sum(sizes.values())
 
@@ -123,7 +113,7 @@ def test_rebackup_after_changes_that_keep_sizes_restores_exactly(savedir, tmp_pa
     changed = ["chmod", "chown", "rewritten", "rewritten-old-mtime", "replaced", "touched",
                "xattr-changed"]
 
-    second_id = helpers.backup(savedir, "src", cwd=str(tmp_path))
+    second_id = helpers.backup(savedir, "src", cwd=str(tmp_path), extra=NO_SETTLE)
     second = helpers.read_record(savedir, second_id)
     # Read again: exactly the changed files.  Reused without reading: every
     # other regular file of one link (fast path), and the first link of
@@ -212,9 +202,9 @@ def test_a_symlink_with_equal_times_but_another_target_is_read_again(savedir, tm
         os.unlink(str(y / "link"))
     else:
         raise AssertionError("could not give two symlinks the same ctime")
-    settle()
-    helpers.backup(savedir, "src", cwd=str(tmp_path / "x"))
-    second = helpers.backup(savedir, "src", cwd=str(tmp_path / "y"), extra=["--no-inode-check"])
+    helpers.backup(savedir, "src", cwd=str(tmp_path / "x"), extra=NO_SETTLE)
+    second = helpers.backup(savedir, "src", cwd=str(tmp_path / "y"),
+                            extra=("--no-inode-check",) + NO_SETTLE)
     listing = helpers.run_ok(["--save-directory", savedir, "--list-backup",
                               "--backup-id", second]).stdout
     assert b"src/link -> target-BB" in listing, listing
@@ -236,15 +226,17 @@ def test_a_twin_tree_with_equal_times_is_told_apart(savedir, tmp_path):
     make_twins(str(x / "size"), str(y / "size"), same, same + b"!")
     write(str(x / "ctime"), os.urandom(2000))  # same mtime, a later ctime
     os.utime(str(x / "ctime"), ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
-    time.sleep(0.05)
     write(str(y / "ctime"), os.urandom(2000))
-    os.utime(str(y / "ctime"), ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
-    assert os.stat(str(x / "ctime")).st_ctime_ns != os.stat(str(y / "ctime")).st_ctime_ns
-    settle()
-    for subset in ("checked", "unchecked"):
-        helpers.backup(savedir, "src", subset=subset, cwd=str(tmp_path / "x"))
 
-    checked = helpers.backup(savedir, "src", subset="checked", cwd=str(tmp_path / "y"))
+    def later_ctime() -> bool:  # the clock ticks: setting the times again sets a later ctime
+        os.utime(str(y / "ctime"), ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+        return os.stat(str(x / "ctime")).st_ctime_ns != os.stat(str(y / "ctime")).st_ctime_ns
+    wait_until(later_ctime, what="a later ctime")
+    for subset in ("checked", "unchecked"):
+        helpers.backup(savedir, "src", subset=subset, cwd=str(tmp_path / "x"), extra=NO_SETTLE)
+
+    checked = helpers.backup(savedir, "src", subset="checked", cwd=str(tmp_path / "y"),
+                             extra=NO_SETTLE)
     record = helpers.read_record(savedir, checked)
     assert record["files_reused"] == 0 and record["bytes_read"] == 6 * 2000 + 1  # other inodes
     dest = str(tmp_path / "restored-checked")
@@ -258,7 +250,7 @@ def test_a_twin_tree_with_equal_times_is_told_apart(savedir, tmp_path):
     # x's content, which is theirs too, but not x's mode or owner; "size"
     # and "ctime" are read again.
     unchecked = helpers.backup(savedir, "src", subset="unchecked", cwd=str(tmp_path / "y"),
-                               extra=["--no-inode-check"])
+                               extra=("--no-inode-check",) + NO_SETTLE)
     record = helpers.read_record(savedir, unchecked)
     assert record["files_reused"] == 4 and record["bytes_read"] == 2000 + 2001
     dest = str(tmp_path / "restored-unchecked")
@@ -302,7 +294,6 @@ def inline_tree(tmp_path_factory):
     os.symlink("../d000/f0", str(src / "mix" / "small" / "link"))
     savedir = str(top / "savedir")
     helpers.run_ok(["--save-directory", savedir, "--init-savedir"])
-    settle()
     backup_id = helpers.backup(savedir, "src", cwd=str(top))
     return top, savedir, backup_id
 
@@ -379,7 +370,7 @@ def test_expiring_the_first_backup_keeps_all_the_second_needs(inline_tree, tmp_p
     for d in range(5):
         write(str(top / "new" / ("n%d" % d) / "file"), os.urandom(300 + d))
     second = backup_paths(savedir, find_paths("src", str(top)) + find_paths("new", str(top)),
-                                str(top))
+                          str(top), NO_SETTLE)
     record = helpers.read_record(savedir, second)
     # Counted in files but not reused: the five new files and the symlink.
     assert record["files_reused"] == record["files"] - 6 and record["bytes_read"] == 1510
@@ -443,7 +434,7 @@ def test_input_that_leaves_directories_and_comes_back(savedir, tmp_path):
              b"src/top-file",  # up four levels at once
              b"./src/a/b/c/d2", b"src/a/b/c/d2/deep2",  # back down, spelled otherwise
              b"src/a/e/", b"src/a/e/g", b"src/a/b/side",  # back into a directory left
-             b"src/a/f2", b"src/a/up-link", b"./src/a/e/g",  # g twice: listed twice
+             b"src/a/f2", b"src/a/up-link", b"./src/a/e/g",  # g twice: saved once
              b"src/ab", b"src/ab/k", b"src/a/b", b"src/a.b/l", b"src/a.b"]
     backup_id = backup_paths(savedir, paths, str(tmp_path))
     dest = str(tmp_path / "restored")
@@ -453,7 +444,9 @@ def test_input_that_leaves_directories_and_comes_back(savedir, tmp_path):
     helpers.assert_same_tree(str(tmp_path / "src"), os.path.join(dest, "src"), dir_mtimes=False)
     names = helpers.run_ok(["--save-directory", savedir, "--list-backup-simply", "--backup-id",
                             backup_id]).stdout.split(b"\n")
-    assert names.count(b"src/a/e/g") == 2
+    # Listed twice, saved once: a name appears once in its directory, in
+    # all its fragments together (FORMAT.md, "Names").
+    assert names.count(b"src/a/e/g") == 1
     assert SECRET not in all_stored_bytes(savedir)
 
 
@@ -614,10 +607,10 @@ def test_no_read_ahead_hints_while_the_backup_reads_nothing(savedir, tmp_path):
     for n in range(files):
         write(str(tmp_path / "src" / ("d%02d" % (n // 100)) / ("f%04d" % n)), b"y" * (50 + n % 90))
     paths = find_paths(str(tmp_path / "src"), str(tmp_path))
-    settle()
 
     def run_backup() -> Backup:
-        backup = Backup(SaveDir(savedir, "host", durable=False), BackupOptions("s", "host"),
+        backup = Backup(SaveDir(savedir, "host", durable=False),
+                        BackupOptions("s", "host", settle_ns=0),
                         Reporter(io.StringIO()))
         backup.run(iter(paths))
         return backup
@@ -697,14 +690,13 @@ def test_thousands_of_small_files_from_old_and_new_packs_restore_identically(sav
     for n in range(FILES):
         write(str(src / ("d%02d" % (n % 80)) / ("f%04d" % n)), rng.randbytes(1000 + n % 4000))
     os.link(str(src / "d00" / "f0000"), str(src / "d79" / "link-to-f0000"))
-    settle()
-    first = helpers.backup(savedir, "src", cwd=str(tmp_path))
+    first = helpers.backup(savedir, "src", cwd=str(tmp_path), extra=NO_SETTLE)
     # Every third file rewritten: the second backup's directories mix files
     # reused from the first backup's packs with files in packs of its own,
     # so its restore goes back and forth between many packs.
     for n in range(1, FILES, 3):  # f0000 has two links: left as it was
         write(str(src / ("d%02d" % (n % 80)) / ("f%04d" % n)), rng.randbytes(1000 + n % 3900))
-    second = helpers.backup(savedir, "src", cwd=str(tmp_path))
+    second = helpers.backup(savedir, "src", cwd=str(tmp_path), extra=NO_SETTLE)
     record = helpers.read_record(savedir, second)
     assert record["files_reused"] == FILES - len(range(1, FILES, 3))
     entries = tree_entries(savedir, second)

@@ -9,19 +9,22 @@ and restore to the source exactly.
 import base64
 import os
 import random
-import subprocess
+import signal
 import time
 from typing import Callable, Tuple
 
-from helpers import (BACKSHIFT, assert_same_tree, extract, find_print0, list_ids,
-                     produce_tar, read_record, run, run_ok)
+from helpers import (NO_SETTLE, FedBackup, assert_same_tree, extract, find_print0, list_ids,
+                     produce_tar, read_record, run_ok, wait_until)
 
 from backshift.objectstore import ObjectStore
 from backshift.records import FLAG_PARTIAL, KIND_FILE, KIND_HARDLINK
 from backshift.tree import TreeReader
 
-SETTLE_SECONDS = 2.2
-BIG = 48 * 1024 * 1024  # xz must still be busy with it in the third run, however fast the rest
+# Several data chunks (1 MiB on average), so that a checkpoint can fall inside it.
+BIG = 6 * 1024 * 1024
+# Compression is not the point here: the cheapest level.
+RESUME = ["--compression", "zlib:1", "--no-fsync"] + list(NO_SETTLE)
+OPTIONS = ["--checkpoint-interval", "0.001", "--compression", "zlib:1"] + list(NO_SETTLE)
 
 
 def make_source(top: str) -> int:
@@ -30,19 +33,22 @@ def make_source(top: str) -> int:
     total = 0
     for part in ("a", "c"):
         os.makedirs(os.path.join(top, part))
-        for n in range(400):
+        for n in range(120):
             data = base64.b64encode(rng.randbytes(rng.randrange(100, 12000)))
             with open(os.path.join(top, part, "f%03d" % n), "wb") as handle:
                 handle.write(data)
             total += len(data)
     os.makedirs(os.path.join(top, "b"))
-    with open(os.path.join(top, "b", "big"), "wb") as handle:
-        # base64 text: xz has to work for it (slow enough to be killed inside)
-        for _ in range(BIG // (3 << 20)):
-            data = base64.b64encode(rng.randbytes(3 << 20))
-            handle.write(data)
-            total += len(data)
+    total += make_big(os.path.join(top, "b", "big"), rng)
     return total
+
+
+def make_big(path: str, rng: random.Random) -> int:
+    """base64 text: xz has to work for it; its size."""
+    with open(path, "wb") as handle:
+        for _ in range(BIG // (3 << 20)):
+            handle.write(base64.b64encode(rng.randbytes(3 << 20)))
+    return os.path.getsize(path)
 
 
 def saved_so_far(savedir: str, record: dict) -> Tuple[int, int]:
@@ -62,59 +68,98 @@ def saved_so_far(savedir: str, record: dict) -> Tuple[int, int]:
     return whole, prefix
 
 
-def start_backup(savedir: str, cwd: str, paths: bytes) -> subprocess.Popen:
-    proc = subprocess.Popen(BACKSHIFT + [
-        "--save-directory", savedir, "--backup", "--subset", "resume",
-        "--checkpoint-interval", "0.2"], cwd=cwd, stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    proc.stdin.write(paths)
-    proc.stdin.close()
-    return proc
+def all_stopped(pid: int) -> bool:
+    """Has every thread of ``pid`` stopped (after SIGSTOP)?"""
+    tasks = os.path.join("/proc", str(pid), "task")
+    for task in os.listdir(tasks):
+        with open(os.path.join(tasks, task, "stat"), "rb") as handle:
+            # "pid (comm) STATE ...": the state follows the last parenthesis.
+            if handle.read().rsplit(b")", 1)[1].split()[0] not in (b"T", b"t"):
+                return False
+    return True
 
 
-def kill_when(proc: subprocess.Popen, savedir: str, known: set,
-              ready: Callable[[dict], bool]) -> str:
-    """SIGKILL ``proc`` once its backup record satisfies ``ready``; its id."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "backup ended before it could be killed: " + \
-            proc.stderr.read().decode(errors="replace")
-        new = [i for i in list_ids(savedir) if i not in known]
-        if new:
-            try:
-                record = read_record(savedir, new[0])
-            except ValueError:
-                record = None
-            if record is not None and ready(record):
-                proc.kill()
-                proc.wait()
-                proc.stderr.close()
-                return new[0]
-        time.sleep(0.02)
-    proc.kill()
-    raise AssertionError("backup never reached the kill point")
+def kill_when(backup: FedBackup, ready: Callable[[dict], bool]) -> str:
+    """SIGKILL a fed backup once its published record satisfies ``ready``; its id.
+
+    Each look is taken with the process stopped (SIGSTOP), so the record
+    judged is the one it leaves: nothing is published between the look
+    and the kill.  It can only get as far as the paths fed allow.
+    """
+    backup_id = backup.wait_started()
+    pid = backup.proc.pid
+
+    def stopped_and_ready() -> bool:
+        os.kill(pid, signal.SIGSTOP)
+        wait_until(lambda: all_stopped(pid), what="the backup to stop")
+        if ready(read_record(backup.savedir, backup_id)):
+            return True
+        os.kill(pid, signal.SIGCONT)
+        assert backup.proc.poll() is None, "backup ended before it could be killed"
+        return False
+
+    wait_until(stopped_and_ready, what="the kill point")
+    backup.proc.kill()
+    backup.finish()
+    return backup_id
 
 
-def has_partial(savedir: str) -> Callable[[dict], bool]:
-    return lambda record: record["root"] is not None and saved_so_far(savedir, record)[1] > 0
+def wait_for_a_later_second(savedir: str) -> None:
+    """Ids name their start to the second, and the most recent backup (the one
+    to resume from) is the last id: a run must start in a later second."""
+    def later() -> bool:
+        now = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())  # as catalog.make_backup_id
+        return all(now > backup_id[:16] for backup_id in list_ids(savedir))
+    wait_until(later, what="a later second")
+
+
+def resume(savedir: str, paths: bytes, cwd: str) -> str:
+    """Run the backup to the end; its id (ids of one second need not sort in order)."""
+    before = set(list_ids(savedir))
+    run_ok(["--save-directory", savedir, "--backup", "--subset", "resume"] + RESUME,
+           input=paths, cwd=cwd)
+    (new,) = set(list_ids(savedir)) - before
+    return new
+
+
+def paths_of(tmp_path, top: str) -> bytes:
+    # Sorted, so the small files of a/ come before the big file and c/ after.
+    return b"".join(sorted(p + b"\0" for p in find_print0(top, cwd=str(tmp_path)).split(b"\0")
+                           if p))
+
+
+def up_to(paths: bytes, last: bytes) -> bytes:
+    """The paths up to and including ``last``."""
+    end = paths.index(b"\0" + last + b"\0") + len(last) + 2
+    return paths[:end]
 
 
 def test_kill_9_at_several_points_then_resume(savedir, tmp_path):
     top = str(tmp_path / "src")
     total = make_source(top)
-    time.sleep(SETTLE_SECONDS)
-    # Sorted, so the small files of a/ come before the big file and c/ after.
-    paths = b"".join(sorted(p + b"\0" for p in find_print0("src", cwd=str(tmp_path)).split(b"\0") if p))
+    big_size = os.path.getsize(os.path.join(top, "b", "big"))
+    paths = paths_of(tmp_path, "src")
     cwd = str(tmp_path)
-    kill_points = [
-        ("at once", lambda record: True),
-        ("between small files", lambda record: record["checkpoints"] >= 2),
-        ("inside the big file", has_partial(savedir)),
-    ]
     newest_saved = (0, 0)
-    for label, ready in kill_points:
-        proc = start_backup(savedir, cwd, paths)
-        killed = kill_when(proc, savedir, set(list_ids(savedir)), ready)
+
+    def between_small_files(record: dict) -> bool:
+        whole, prefix = saved_so_far(savedir, record)
+        return record["checkpoints"] >= 2 and whole > newest_saved[0] and prefix == 0
+
+    def inside_the_big_file(record: dict) -> bool:
+        return record["root"] is not None and 0 < saved_so_far(savedir, record)[1] < big_size
+
+    kill_points = [
+        # Each run is fed the paths up to where it is to be killed, and no more.
+        ("at once", b"", lambda record: True),
+        ("between small files", up_to(paths, b"src/a/f119"), between_small_files),
+        ("inside the big file", up_to(paths, b"src/b/big"), inside_the_big_file),
+    ]
+    for label, fed, ready in kill_points:
+        wait_for_a_later_second(savedir)
+        backup = FedBackup(savedir, cwd, subset="resume", extra=OPTIONS)
+        backup.feed(fed)
+        killed = kill_when(backup, ready)
         record = read_record(savedir, killed)
         assert record["state"] == "unfinished", label
         # What the killed run read is at most what was left after the run it resumed.
@@ -137,10 +182,8 @@ def test_kill_9_at_several_points_then_resume(savedir, tmp_path):
                     with open(restored, "rb") as a, open(original, "rb") as b:
                         assert a.read() == b.read(), (label, restored)
     assert newest_saved[0] > 0, "no checkpoint saved any whole file"
-    result = run(["--save-directory", savedir, "--backup", "--subset", "resume"],
-                 input=paths, cwd=cwd)
-    assert result.returncode == 0, result.stderr.decode(errors="replace")
-    final_id = list_ids(savedir)[-1]
+    assert newest_saved[1] > 0, "no checkpoint saved part of the big file"
+    final_id = resume(savedir, paths, cwd)
     final = read_record(savedir, final_id)
     assert final["state"] == "complete"
     # Nothing already saved (whole files and the big file's prefix) is read again.
@@ -155,20 +198,14 @@ def test_partial_file_resumes_after_its_prefix(savedir, tmp_path):
     # Killed inside the big file, the next run reads only the rest of it.
     top = str(tmp_path / "src")
     os.makedirs(top)
-    rng = random.Random(5)
-    with open(os.path.join(top, "big"), "wb") as handle:
-        for _ in range(BIG // (3 << 20)):
-            handle.write(base64.b64encode(rng.randbytes(3 << 20)))
-    size = os.path.getsize(os.path.join(top, "big"))
-    time.sleep(SETTLE_SECONDS)
+    size = make_big(os.path.join(top, "big"), random.Random(5))
     paths = find_print0("src", cwd=str(tmp_path))
-    proc = start_backup(savedir, str(tmp_path), paths)
-    killed = kill_when(proc, savedir, set(), has_partial(savedir))
+    backup = FedBackup(savedir, tmp_path, subset="resume", extra=OPTIONS)
+    backup.feed(paths)
+    killed = kill_when(backup, lambda record: 0 < saved_so_far(savedir, record)[1] < size)
     prefix = saved_so_far(savedir, read_record(savedir, killed))[1]
     assert 0 < prefix < size
-    run_ok(["--save-directory", savedir, "--backup", "--subset", "resume"],
-           input=paths, cwd=str(tmp_path))
-    final_id = list_ids(savedir)[-1]
+    final_id = resume(savedir, paths, str(tmp_path))
     final = read_record(savedir, final_id)
     assert final["bytes_read"] == size - prefix
     dest = str(tmp_path / "restored")

@@ -6,19 +6,10 @@ import sys
 import threading
 import time
 
-from helpers import (BACKSHIFT, assert_same_tree, extract, find_print0, list_ids, produce_tar,
-                     read_record, run)
+from helpers import (BACKSHIFT, SECRET, all_stored_bytes, assert_same_tree, extract, find_print0,
+                     list_ids, produce_tar, read_record, run)
 
-from backshift.objectstore import ObjectStore
 from backshift.sourcefs import SourceError, SourceTree
-
-SECRET = b"FOREIGN-SECRET-" * 64
-
-
-def all_stored_bytes(savedir: str) -> bytes:
-    """Every object of the save directory, decompressed and concatenated."""
-    store = ObjectStore(savedir, "test")
-    return b"".join(store.get(digest) for digest in store.iter_digests())
 
 
 def make_foreign(tmp_path) -> str:
