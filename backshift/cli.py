@@ -14,20 +14,20 @@ from typing import BinaryIO, Iterable, List, Optional, Sequence
 
 from . import __version__
 from .backup import Backup, BackupOptions
-from .catalog import BackupRecord, CatalogError, describe_filter, select
+from .catalog import STATE_FAILED, BackupRecord, CatalogError, describe_filter, select
+from .compression import CompressionSpec
 from .diffing import diff
 from .finding import find
-from .pathinput import iter_nul_paths
-from .compression import CompressionSpec
 from .listing import (backup_summary, backup_totals, entry_json, find_line, json_line,
-                      list_backup, list_backups, shown_name)
+                      list_backup, list_backups, quote_name, shown_name)
+from .pathinput import InputError, iter_nul_paths
 from .objectstore import ObjectError
 from .progress import LEVELS, ProgressReporter, make_reporter
 from .report import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, is_terminal
 from .retention import Policy, parse_duration
 from .records import RecordError
 from .savedir import SaveDir, SaveDirError, default_hostname, init_savedir
-from .tarout import TarFormatError, TarWriter, produce_tar
+from .tarout import TarFormatError, produce_tar
 from .tree import TreeReader
 
 EXAMPLES = """\
@@ -275,7 +275,7 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None,
     except UsageError as exc:
         stderr.write("backshift: %s (see backshift --help)\n" % exc)
         return EXIT_FATAL
-    except (SaveDirError, CatalogError) as exc:
+    except (SaveDirError, CatalogError, InputError) as exc:
         stderr.write("backshift: %s\n" % exc)
         return EXIT_FATAL
     except (ObjectError, RecordError) as exc:
@@ -360,16 +360,25 @@ def _run(args: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, stderr) ->
                          "up to its last checkpoint\n" % record.backup_id)
         start = os.fsencode(args.starting_directory or "")
         reader = TreeReader(savedir.objects)
-        if args.starting_directory and not reader.lookup(record.root, start):
+        damaged = []
+
+        def on_damage(path: bytes, reason: str) -> None:
+            # Named, skipped, exit 1: the rest of the backup is still worth having.
+            damaged.append(path)
+            stderr.write("backshift: %s: damaged: %s\n" % (_shown(path), reason))
+
+        if args.starting_directory and not reader.lookup(record.root, start, on_damage):
             raise CatalogError("%s: not in backup %s" % (args.starting_directory,
                                                            record.backup_id))
         if action == "produce_tar":
-            return _produce_tar(args, savedir, reader, record, start, stdout, stderr)
+            status = _produce_tar(args, savedir, record, start, stdout, stderr, on_damage)
+            return EXIT_PARTIAL if damaged else status
         out = io.BufferedWriter(_Unclosable(stdout), 1 << 16)
         list_backup(reader, record.root, start, out, simply=action == "list_backup_simply",
-                    recursive=not args.nonrecursive, as_json=args.json)
+                    recursive=not args.nonrecursive, as_json=args.json,
+                    on_damage=on_damage)
         out.flush()
-        return EXIT_OK
+        return EXIT_PARTIAL if damaged else EXIT_OK
     if action == "expire":
         from .expiry import run_expire
         policy = Policy(args.keep_last, args.keep_hourly, args.keep_daily, args.keep_weekly,
@@ -444,7 +453,7 @@ def _damage_reporter(stderr):
 
     def on_damage(path: bytes, reason: str) -> None:
         count[0] += 1
-        stderr.write("backshift: %s: damaged: %s\n" % (os.fsdecode(path) or "/", reason))
+        stderr.write("backshift: %s: damaged: %s\n" % (_shown(path), reason))
     return on_damage, count
 
 
@@ -485,14 +494,22 @@ def _produce_tar(args, savedir: SaveDir, reader: TreeReader, record, start: byte
     def on_damage(path: bytes, reason: str) -> None:
         stderr.write("backshift: %s: damaged: %s\n" % (os.fsdecode(path), reason))
 
+
+def _shown(path: bytes) -> str:
+    """A path for one line of a message (control characters escaped)."""
+    return quote_name(path).decode("utf-8", "replace") if path else "."
+
+
+def _produce_tar(args, savedir: SaveDir, record, start: bytes, stdout: BinaryIO, stderr,
+                 on_damage) -> int:
     def on_skip(path: bytes, reason: str) -> None:
         # One entry the format cannot hold must not cost the rest of the
         # restore: report it, keep the stream well formed, exit 1.
         stderr.write("backshift: %s\n" % reason)
 
     out = io.BufferedWriter(_Unclosable(stdout), 1 << 20)
-    writer = TarWriter(out, savedir.objects, args.tar_format, on_damage, on_skip)
-    produce_tar(reader, record.root, start, writer, recursive=not args.nonrecursive)
+    writer = produce_tar(savedir.objects, record.root, start, out, args.tar_format, on_damage,
+                         on_skip, recursive=not args.nonrecursive)
     out.flush()
     if writer.attrs_dropped:
         stderr.write("backshift: note: %d entries have extended attributes or ACLs that %s "
@@ -504,7 +521,7 @@ def _produce_tar(args, savedir: SaveDir, reader: TreeReader, record, start: byte
 def _paths(args: argparse.Namespace, stdin: BinaryIO) -> Iterable[bytes]:
     if args.filelist:
         handle = open(args.filelist, "rb")
-        return iter_nul_paths(handle)
+        return iter_nul_paths(handle, args.filelist)
     if is_terminal(stdin):
         # Nobody types NUL-separated paths: the find pipe was forgotten.
         raise UsageError("--backup reads NUL-separated paths from stdin, which is a terminal; "
@@ -554,7 +571,7 @@ def _backup(args: argparse.Namespace, savedir: SaveDir, hostname: str, stdin: Bi
     if args.json:
         stdout.write(json_line(backup_totals(record)))
         stdout.flush()
-    return EXIT_PARTIAL if record.errors else EXIT_OK
+    return EXIT_PARTIAL if record.errors or record.state == STATE_FAILED else EXIT_OK
 
 
 def _full_message(savedir: SaveDir, backup_id: str, exc: OSError) -> str:

@@ -133,7 +133,7 @@ def _is_dir(node: Node) -> bool:
 
 
 def _keys(reader: TreeReader, node: Node) -> List[bytes]:
-    return [reader.record_key(entry) for entry in node]
+    return [reader.directory_key(entry) for entry in node]
 
 
 def diff(reader: TreeReader, old: BackupRecord, new: BackupRecord, start: bytes,

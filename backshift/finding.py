@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 from .catalog import BackupRecord
 from .objectstore import ObjectError
 from .records import FLAG_IMPLICIT, FLAG_PARTIAL, KIND_DIR, Entry, RecordError
-from .tree import DamageHandler, TreeReader, join_path, split_path
+from .tree import DamageHandler, TreeReader, join_path, name_problem, split_path
 
 Match = Tuple[bytes, Entry]  # (path relative to the backup's root, entry)
 # on_match(backup record, path, entry)
@@ -29,13 +29,14 @@ def children(reader: TreeReader, path: bytes, directory: Entry,
              on_damage: DamageHandler) -> Iterator[Match]:
     """(path, entry) of one directory's entries, damage reported and skipped.
 
-    A name that could leave its directory ('', '.', '..', or one holding
-    '/') is damage too: no path built from it is ever shown or compared.
+    A name the format does not allow (tree.name_problem: one that could
+    leave its directory) is damage too: no path built from it is shown.
     """
     try:
         for child in reader.dir_entries(directory):
-            if child.name in (b"", b".", b"..") or b"/" in child.name:
-                on_damage(path, "entry with unsafe name %r skipped" % child.name)
+            problem = name_problem(child.name)
+            if problem:
+                on_damage(path, "entry skipped: %s" % problem)
                 continue
             yield join_path(path, child.name), child
     except ObjectError as exc:
@@ -51,7 +52,7 @@ def start_entries(reader: TreeReader, record: BackupRecord, start: bytes,
     """The entries (directory fragments included) at ``start`` in one backup."""
     prefix = b"/".join(split_path(start))
     try:
-        return [(prefix, entry) for entry in reader.lookup(record.root or [], start)]
+        return [(prefix, entry) for entry in reader.lookup(record.root or [], start, on_damage)]
     except ObjectError as exc:
         on_damage(prefix, "not searched: %s (object %s)" % (exc.reason, exc.digest.hex()))
     except RecordError as exc:
@@ -94,7 +95,7 @@ class Finder:
     def _below(self, path: bytes, directory: Entry) -> List[Match]:
         # Depth-first with an explicit stack keeps deep trees off the Python
         # call stack.  A frame: (key, matches so far, children left).
-        key = (path, self.reader.record_key(directory))
+        key = (path, self.reader.directory_key(directory))
         if key in self._searched:
             return self._searched[key]
         top: List[Match] = []
@@ -113,7 +114,7 @@ class Finder:
                 found.append((child_path, child))
             if child.kind != KIND_DIR:
                 continue
-            child_key = (child_path, self.reader.record_key(child))
+            child_key = (child_path, self.reader.directory_key(child))
             if child_key in self._searched:
                 found.extend(self._searched[child_key])
             else:

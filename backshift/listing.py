@@ -12,10 +12,10 @@ from typing import Any, BinaryIO, Dict, Optional, Sequence, Tuple
 
 from .catalog import BackupRecord
 from .records import (FLAG_PARTIAL, FLAG_SPARSE, KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO,
-                      KIND_FILE, KIND_HARDLINK, KIND_SYMLINK, XATTR_PREFIX, ChunkRef, Entry)
+                      KIND_FILE, KIND_HARDLINK, KIND_SYMLINK, XATTR_PREFIX, ChunkRef, Entry,
+                      mode_string)
 from .report import human_bytes, human_duration
-from .tarout import mode_string
-from .tree import TreeReader
+from .tree import DamageHandler, TreeReader
 
 
 def quote_name(name: bytes) -> bytes:
@@ -186,9 +186,12 @@ def shown_name(path: bytes, entry: Entry) -> bytes:
 
 
 def list_backup(reader: TreeReader, root: Sequence[ChunkRef], start: bytes, out: BinaryIO,
-                simply: bool = False, recursive: bool = True, as_json: bool = False) -> None:
-    """One line per entry; as ``tar tvf`` prints, names only when ``simply``, or JSON Lines."""
-    for path, entry in reader.walk(root, start, recursive=recursive):
+                simply: bool = False, recursive: bool = True, as_json: bool = False,
+                on_damage: Optional[DamageHandler] = None) -> None:
+    """One line per entry; as ``tar tvf`` prints, names only when ``simply``, or JSON Lines.
+
+    Damage is reported to ``on_damage`` and skipped (see TreeReader.walk)."""
+    for path, entry in reader.walk(root, start, recursive=recursive, on_damage=on_damage):
         if entry.flags & FLAG_PARTIAL:
             continue  # a checkpoint's prefix of a file still being read: not a file
         if as_json:

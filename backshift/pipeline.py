@@ -40,12 +40,12 @@ import os
 import queue
 import stat
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Deque, Dict, Iterable, Iterator, List, Optional, Tuple
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .compression import Compressor
-from .objectstore import ObjectStore, digest_of
-from .records import KIND_DIR, Entry
+from .objectstore import ObjectReader, ObjectStore, digest_of
+from .records import Entry
 from .tree import TreeReader
 
 # Compression keeps every core busy; the extra threads wait in fsync (a disk
@@ -58,6 +58,8 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 # the kernel is asked to fetch (its own readahead continues from there).
 READAHEAD_PATHS = 128
 READAHEAD_BYTES = 1024 * 1024
+# How often a caller waiting for the store's workers is called back (on_wait).
+WAIT_TICK = 0.2
 
 
 def default_workers() -> int:
@@ -77,8 +79,13 @@ class StorePipeline:
         self.max_bytes = max_bytes
         self._pool = ThreadPoolExecutor(max_workers=workers or default_workers(),
                                         thread_name_prefix="backshift-store")
-        # Objects handed over and not yet known to be written, oldest first.
-        self._pending: Dict[bytes, Tuple["Future[bytes]", int]] = {}
+        # Objects handed over and not yet known to be written, oldest first,
+        # with their sizes and numbers in the order handed over.
+        self._pending: Dict[bytes, Tuple["Future[bytes]", int, int]] = {}
+        self.submitted = 0  # objects handed over so far
+        # Called every WAIT_TICK seconds while put, drain or sync waits for
+        # a worker (a backup's checkpoints must go on meanwhile).
+        self.on_wait: Optional[Callable[[], None]] = None
         self._pending_bytes = 0
         self.peak_bytes = 0
         # All bytes ever handed over, and those of them written: the
@@ -106,7 +113,8 @@ class StorePipeline:
         while self._pending and self._pending_bytes + len(data) > self.max_bytes:
             self._wait_oldest()
         future = self._pool.submit(self.objects.put, data, compressor, digest)
-        self._pending[digest] = (future, len(data))
+        self._pending[digest] = (future, len(data), self.submitted)
+        self.submitted += 1
         self._pending_bytes += len(data)
         self.handed_bytes += len(data)
         future.add_done_callback(lambda _future, size=len(data): self._written(size))
@@ -122,17 +130,28 @@ class StorePipeline:
         with self._written_lock:  # workers finish at the same time
             self.written_bytes += size
 
+    @property
+    def written_through(self) -> int:
+        """How many objects, counted from the first handed over, are all written."""
+        for _future, _size, number in self._pending.values():
+            return number
+        return self.submitted
+
     def _reap(self) -> None:
         """Collect finished objects at the front of the queue."""
         while self._pending:
-            future, _size = next(iter(self._pending.values()))
+            future, _size, _number = next(iter(self._pending.values()))
             if not future.done():
                 return
             self._wait_oldest()
 
     def _wait_oldest(self) -> None:
         digest = next(iter(self._pending))
-        future, size = self._pending.pop(digest)
+        future, size, _number = self._pending[digest]
+        if self.on_wait is not None:
+            while not wait([future], WAIT_TICK).done:
+                self.on_wait()
+        del self._pending[digest]
         self._pending_bytes -= size
         future.result()  # raises the worker's exception here
 
@@ -148,7 +167,7 @@ class StorePipeline:
 
     def close(self) -> None:
         """Stop the workers; objects not yet written are abandoned."""
-        for future, _size in self._pending.values():
+        for future, _size, _number in self._pending.values():
             future.cancel()
         self._pool.shutdown(wait=True)
         self._pending.clear()
@@ -164,7 +183,7 @@ class RecordCache:
     lengths the oldest prefetches are dropped (and read again if wanted).
     """
 
-    def __init__(self, objects: ObjectStore, workers: Optional[int] = None,
+    def __init__(self, objects: ObjectReader, workers: Optional[int] = None,
                  max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.objects = objects
         self.max_bytes = max_bytes
@@ -205,23 +224,21 @@ class RecordCache:
 
 
 class ReadAheadTreeReader(TreeReader):
-    """A TreeReader that, on reading a record, starts reading its subdirectories' records.
+    """A TreeReader that, on judging a directory, starts reading its subdirectories' records.
 
     A depth-first walk reads a record just before it needs it; with this,
     decompressing and reading the next records overlaps with the work on
     the current one.
     """
 
-    def __init__(self, objects: ObjectStore, workers: Optional[int] = None) -> None:
-        self.cache = RecordCache(objects, workers)
-        super().__init__(self.cache)  # type: ignore[arg-type]
+    looks_ahead = True
 
-    def parse(self, record: bytes) -> Iterator[Entry]:
-        entries = list(super().parse(record))
-        for entry in entries:
-            if entry.kind == KIND_DIR:
-                self.cache.prefetch(entry.chunks)
-        return iter(entries)
+    def __init__(self, objects: ObjectReader, workers: Optional[int] = None) -> None:
+        self.cache = RecordCache(objects, workers)
+        super().__init__(self.cache)
+
+    def will_read(self, directory: Entry) -> None:
+        self.cache.prefetch(directory.chunks)
 
     def close(self) -> None:
         self.cache.close()
@@ -235,7 +252,7 @@ class Prefetcher:
     lengths announced) are fetched and not yet taken.
     """
 
-    def __init__(self, objects: ObjectStore, workers: Optional[int] = None,
+    def __init__(self, objects: ObjectReader, workers: Optional[int] = None,
                  max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.objects = objects
         self.max_bytes = max_bytes
@@ -343,11 +360,11 @@ class ReadAhead:
         feed = _Feed(self.depth)
         # Not daemon threads: one blocked reading stdin at interpreter exit
         # would abort Python.  Stopped, the reader quits at its next path.
-        for target, args in ((self._hint, ()), (self._take, (paths, feed))):
-            thread = threading.Thread(target=target, args=args, name="backshift-readahead")
-            thread.start()
-            self._threads.append(thread)
         try:
+            for target, args in ((self._hint, ()), (self._take, (paths, feed))):
+                thread = threading.Thread(target=target, args=args, name="backshift-readahead")
+                thread.start()
+                self._threads.append(thread)
             while True:
                 for item in feed.take_all():
                     if item is _END:
@@ -359,6 +376,9 @@ class ReadAhead:
                         yield path
         finally:
             self._stop.set()
+            # Ends the hint thread even if the reader never started (an
+            # interrupt between the two starts would leave it waiting).
+            self._hints.put(None)
 
     def _take(self, paths: Iterable[bytes], feed: "_Feed") -> None:
         # Paths go over in batches where the input offers them so (NulPaths:
