@@ -107,7 +107,7 @@ class Backup:
                                self.packer, self.metadata, self.reporter, self.record,
                                self.readahead, self.checkpoints, options.inline_max,
                                options.pack_file_max, options.inode_check, options.settle_ns)
-        reader = TreeReader(self.records)  # type: ignore[arg-type]
+        reader = TreeReader(self.records)
         previous = choose_previous(savedir.catalog.records(), options.hostname, options.subset)
         self.stack = DirStack(self.builder,
                               PreviousDir.of_root(reader, previous, self.records.prefetch),

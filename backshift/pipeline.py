@@ -44,8 +44,8 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .compression import Compressor
-from .objectstore import ObjectStore, digest_of
-from .records import KIND_DIR, Entry
+from .objectstore import ObjectReader, ObjectStore, digest_of
+from .records import Entry
 from .tree import TreeReader
 
 # Compression keeps every core busy; the extra threads wait in fsync (a disk
@@ -177,7 +177,7 @@ class RecordCache:
     lengths the oldest prefetches are dropped (and read again if wanted).
     """
 
-    def __init__(self, objects: ObjectStore, workers: Optional[int] = None,
+    def __init__(self, objects: ObjectReader, workers: Optional[int] = None,
                  max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.objects = objects
         self.max_bytes = max_bytes
@@ -218,23 +218,21 @@ class RecordCache:
 
 
 class ReadAheadTreeReader(TreeReader):
-    """A TreeReader that, on reading a record, starts reading its subdirectories' records.
+    """A TreeReader that, on judging a directory, starts reading its subdirectories' records.
 
     A depth-first walk reads a record just before it needs it; with this,
     decompressing and reading the next records overlaps with the work on
     the current one.
     """
 
-    def __init__(self, objects: ObjectStore, workers: Optional[int] = None) -> None:
-        self.cache = RecordCache(objects, workers)
-        super().__init__(self.cache)  # type: ignore[arg-type]
+    looks_ahead = True
 
-    def parse(self, record: bytes) -> Iterator[Entry]:
-        entries = list(super().parse(record))
-        for entry in entries:
-            if entry.kind == KIND_DIR:
-                self.cache.prefetch(entry.chunks)
-        return iter(entries)
+    def __init__(self, objects: ObjectReader, workers: Optional[int] = None) -> None:
+        self.cache = RecordCache(objects, workers)
+        super().__init__(self.cache)
+
+    def will_read(self, directory: Entry) -> None:
+        self.cache.prefetch(directory.chunks)
 
     def close(self) -> None:
         self.cache.close()
@@ -248,7 +246,7 @@ class Prefetcher:
     lengths announced) are fetched and not yet taken.
     """
 
-    def __init__(self, objects: ObjectStore, workers: Optional[int] = None,
+    def __init__(self, objects: ObjectReader, workers: Optional[int] = None,
                  max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.objects = objects
         self.max_bytes = max_bytes
@@ -359,11 +357,11 @@ class ReadAhead:
         feed = _Feed(self.depth)
         # Not daemon threads: one blocked reading stdin at interpreter exit
         # would abort Python.  Stopped, the reader quits at its next path.
-        for target, args in ((self._hint, ()), (self._take, (paths, feed))):
-            thread = threading.Thread(target=target, args=args, name="backshift-readahead")
-            thread.start()
-            self._threads.append(thread)
         try:
+            for target, args in ((self._hint, ()), (self._take, (paths, feed))):
+                thread = threading.Thread(target=target, args=args, name="backshift-readahead")
+                thread.start()
+                self._threads.append(thread)
             while True:
                 for item in feed.take_all(self.on_wait):
                     if item is _END:
@@ -375,6 +373,9 @@ class ReadAhead:
                         yield path
         finally:
             self._stop.set()
+            # Ends the hint thread even if the reader never started (an
+            # interrupt between the two starts would leave it waiting).
+            self._hints.put(None)
 
     def _take(self, paths: Iterable[bytes], feed: "_Feed") -> None:
         # Paths go over in batches where the input offers them so (NulPaths:

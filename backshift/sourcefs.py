@@ -399,10 +399,3 @@ def device_numbers(rdev: int) -> Tuple[int, int]:
                 (rdev & 0xFF) | ((rdev >> 12) & 0xFFFFFF00))
     return os.major(rdev), os.minor(rdev)
 
-
-def make_device(major: int, minor: int) -> int:
-    """The device number for (major, minor): os.makedev, without PyPy's overflow on Linux."""
-    if sys.platform.startswith("linux"):
-        return (((major & 0xFFF) << 8) | ((major & 0xFFFFF000) << 32)
-                | (minor & 0xFF) | ((minor & 0xFFFFFF00) << 12))
-    return os.makedev(major, minor)

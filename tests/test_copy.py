@@ -5,7 +5,6 @@ import os
 import random
 import signal
 import subprocess
-import time
 
 import helpers
 
@@ -112,10 +111,8 @@ def test_records_first_is_the_order_that_works(tmp_path, savedir):
 
     def paused_backup(subset):
         proc = start_backup(savedir, tmp_path, subset=subset)
-        deadline = time.monotonic() + 60
-        while not any("-%s-" % subset in name for name in helpers.list_ids(savedir)):
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        helpers.wait_until(lambda: any("-%s-" % subset in name
+                                       for name in helpers.list_ids(savedir)), timeout=60)
         proc.send_signal(signal.SIGSTOP)
         return proc
 

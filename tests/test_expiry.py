@@ -296,8 +296,9 @@ def test_leftovers_of_dead_writers_are_cleaned_up(tmp_path, savedir):
 
 HOSTS = ("h1", "h2", "h3")
 # Objects unused for TIMESTAMP_MARGIN (5 s) before the oldest running
-# backup began can go: run long enough for some to, in any case.
-MIN_ROUNDS, MIN_SECONDS, MAX_ROUNDS = 4, 12.0, 60
+# backup began can go: run a little longer than that, so that the hosts'
+# own garbage may go too (what must go is made before they start).
+MIN_ROUNDS, MIN_SECONDS, MAX_ROUNDS = 4, 6.0, 60
 
 
 def mutate(top, rng, round_number, common: bytes) -> None:
@@ -353,16 +354,23 @@ def test_expire_in_a_loop_while_three_backups_run(tmp_path, savedir):
         except Exception as exc:  # reported by the main thread
             failures.append((host, repr(exc)))
 
+    # Garbage for the first expire, whatever the threads' timing: a backup
+    # of its own subset and content, its objects unused for two hours.
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    (gone / "unique.bin").write_bytes(os.urandom(300 * 1024))
+    helpers.backup(savedir, "gone", subset="x", cwd=str(tmp_path))
+    age_files(os.path.join(savedir, "objects"), HOURS_AGO_2)
     threads = [threading.Thread(target=worker, args=(host,)) for host in HOSTS]
     for thread in threads:
         thread.start()
     # Never all of them at once: some backups must remain to be restored.
-    settings = [["--keep-last", "1"], ["--keep-last", "2"],
-                ["--keep-within", "0s", "--hostname", "h3"],
-                ["--keep-last", "1", "--hostname", "h2"], ["--keep-within", "0s", "--subset", "x"]]
+    settings = [["--keep-within", "0s", "--subset", "x"], ["--keep-last", "1"],
+                ["--keep-last", "2"], ["--keep-within", "0s", "--hostname", "h3"],
+                ["--keep-last", "1", "--hostname", "h2"]]
     runs = objects_removed = backups_removed = 0
     try:
-        while any(thread.is_alive() for thread in threads):
+        while runs == 0 or any(thread.is_alive() for thread in threads):
             report = expire(savedir, "--max-age", "0s", "--expire-grace", "0s",
                             *settings[runs % len(settings)])
             removed = removed_counts(report)

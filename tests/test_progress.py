@@ -8,7 +8,7 @@ import subprocess
 import time
 
 from helpers import (BACKSHIFT, RANDOMIZE, assert_same_tree, extract, find_print0, list_ids,
-                     produce_tar, read_record, run)
+                     produce_tar, read_record, run, wait_until)
 
 
 def make_tree(top: str, files: int = 200) -> None:
@@ -87,16 +87,13 @@ def test_no_stats_streams_paths_as_they_arrive(savedir, tmp_path):
         for path in [b"src"] + top_files + [b"src/sub"]:
             proc.stdin.write(path + b"\0")
             proc.stdin.flush()
-        time.sleep(0.3)
-        proc.stdin.write(b"src/sub/f001\0")  # a path after a pause: a checkpoint follows
+        proc.stdin.write(b"src/sub/f001\0")
         proc.stdin.flush()
-        deadline = time.monotonic() + 10
-        files = 0
-        while time.monotonic() < deadline and files < 2:
-            time.sleep(0.05)
+
+        def files() -> int:
             ids = list_ids(savedir)
-            files = read_record(savedir, ids[0])["files"] if ids else 0
-        assert files >= 2, "paths were not handled as they arrived"
+            return read_record(savedir, ids[0])["files"] if ids else 0
+        wait_until(lambda: files() >= 2, timeout=10, what="paths handled as they arrived")
         proc.stdin.close()
         assert proc.wait(timeout=60) == 0, proc.stderr.read().decode(errors="replace")
     finally:

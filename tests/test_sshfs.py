@@ -12,12 +12,11 @@ import pwd
 import shutil
 import socket
 import subprocess
-import time
 
 import pytest
 
-from helpers import backup, read_record, run_ok
-from test_concurrency import four_at_once
+import helpers
+from helpers import NO_SETTLE, backup, four_at_once, read_record, run_ok
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"),
                                 reason="sshfs test not run: /dev/fuse is missing")
@@ -59,15 +58,15 @@ class Sshfs:
         with open(self.log, "wb") as log:
             self.sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", config],
                                          stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                assert self.sshd.poll() is None, open(self.log, "rb").read().decode(errors="replace")
-                time.sleep(0.1)
-        raise AssertionError("sshd did not start")
+        helpers.wait_until(self._listening, timeout=20, what="sshd to listen")
+
+    def _listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            assert self.sshd.poll() is None, open(self.log, "rb").read().decode(errors="replace")
+            return False
 
     def mount(self, remote: str, mountpoint: str) -> None:
         os.makedirs(mountpoint, exist_ok=True)
@@ -129,20 +128,20 @@ def test_no_inode_check_on_sshfs_source(sshfs, savedir, tmp_path):
     for name in names:
         with open(os.path.join(remote, "src", name), "wb") as handle:
             handle.write(os.urandom(30_000))
-    time.sleep(2.2)
     mount = str(tmp_path / "mnt")
     sshfs.mount(remote, mount)
     for name in names:
         os.lstat(os.path.join(mount, "src", name))
     # Two subsets, so each second backup can only reuse the first mount's.
-    backup(savedir, "src", cwd=mount, subset="checked")
-    backup(savedir, "src", cwd=mount, subset="trusting")
+    backup(savedir, "src", cwd=mount, subset="checked", extra=NO_SETTLE)
+    backup(savedir, "src", cwd=mount, subset="trusting", extra=NO_SETTLE)
     sshfs.unmount(mount)
     sshfs.mount(remote, mount)
     for name in reversed(names):
         os.lstat(os.path.join(mount, "src", name))
-    checked = read_record(savedir, backup(savedir, "src", cwd=mount, subset="checked"))
+    checked = read_record(savedir, backup(savedir, "src", cwd=mount, subset="checked",
+                                          extra=NO_SETTLE))
     trusting = read_record(savedir, backup(savedir, "src", cwd=mount, subset="trusting",
-                                           extra=["--no-inode-check"]))
+                                           extra=("--no-inode-check",) + NO_SETTLE))
     assert checked["files_reused"] < len(names) and checked["bytes_read"] > 0
     assert trusting["files_reused"] == len(names) and trusting["bytes_read"] == 0

@@ -1,0 +1,99 @@
+"""checking, listing and progress called in-process on save directories made
+by the real program (bin/backshift as a subprocess), asserting on what they print."""
+
+import io
+import os
+
+import helpers
+from backshift.checking import run_check
+from backshift.listing import backup_line, list_backup, list_backups
+from backshift.progress import PER_FILE_BYTES, ProgressReporter, make_reporter
+from backshift.report import Reporter
+from backshift.savedir import SaveDir
+from backshift.tree import TreeReader
+
+
+def make_tree(top: str) -> None:
+    helpers.write(os.path.join(top, "d", "big.bin"), os.urandom(700 * 1024))
+    helpers.write(os.path.join(top, "d", "sub", "small"), b"small\n")
+    helpers.write(os.path.join(top, "new\nline"), b"odd name\n")
+    os.symlink("d/sub/small", os.path.join(top, "link"))
+
+
+def saved_tree(savedir: str, tmp_path) -> str:
+    make_tree(str(tmp_path / "src"))
+    return helpers.backup(savedir, "src", cwd=str(tmp_path))
+
+
+def test_check_and_verify_in_process_find_a_missing_object(savedir, tmp_path):
+    backup_id = saved_tree(savedir, tmp_path)
+    store = SaveDir(savedir, "test")
+    for verify in (False, True):
+        out = io.StringIO()
+        assert run_check(store, verify, out) == 0 and out.getvalue() == ""
+    (entry,) = TreeReader(store.objects).lookup(store.catalog.read(backup_id).root,
+                                                b"src/d/big.bin")
+    digest = entry.chunks[0][0]
+    os.unlink(store.objects.path_of(digest))
+    out = io.StringIO()
+    assert run_check(SaveDir(savedir, "test"), False, out) == 1
+    report = out.getvalue()
+    assert "object %s: missing" % digest.hex() in report
+    assert "damages backup %s: src/d/big.bin" % backup_id in report
+    assert "1 damaged backups" in report and "Traceback" not in report
+
+
+def test_listing_in_process_matches_find_and_the_record(savedir, tmp_path):
+    backup_id = saved_tree(savedir, tmp_path)
+    store = SaveDir(savedir, "test")
+    record = store.catalog.read(backup_id)
+    out = io.BytesIO()
+    list_backup(TreeReader(store.objects), record.root, b"", out, simply=True)
+    listed = out.getvalue().splitlines()
+    found = [path for path in helpers.find_print0("src", cwd=str(tmp_path)).split(b"\0") if path]
+    # Directories end in "/"; the newline in a name is quoted, as tar quotes it.
+    expected = sorted((path + b"/" if os.path.isdir(os.path.join(tmp_path, os.fsdecode(path)))
+                       and not os.path.islink(os.path.join(tmp_path, os.fsdecode(path)))
+                       else path).replace(b"\n", b"\\n") for path in found)
+    assert sorted(listed) == expected
+    out = io.BytesIO()
+    list_backup(TreeReader(store.objects), record.root, b"src/d", out)
+    long_lines = out.getvalue().splitlines()
+    big = [line for line in long_lines if line.endswith(b" src/d/big.bin")]
+    assert len(big) == 1 and big[0].startswith(b"-rw") and b" %d " % (700 * 1024) in big[0]
+    assert all(b"src/d" in line for line in long_lines) and len(long_lines) == 4
+    out = io.BytesIO()
+    list_backups(store.catalog.records(), out)
+    assert out.getvalue().decode().splitlines() == [backup_line(record)]
+    assert backup_line(record).startswith(backup_id + " ")
+    assert "%d files" % record.files in backup_line(record)
+
+
+def test_progress_in_process_weighs_real_files(tmp_path):
+    make_tree(str(tmp_path / "src"))
+    paths = [path for path in helpers.find_print0(str(tmp_path / "src")).split(b"\0") if path]
+    now = [100.0]
+    stream = io.StringIO()
+    reporter = ProgressReporter(stream, "full", clock=lambda: now[0])
+    inhaled = reporter.inhale(paths)
+    assert list(inhaled) == paths and len(inhaled) == len(paths) == 7
+    sizes = 700 * 1024 + len(b"small\n") + len(b"odd name\n")
+    assert reporter.total_bytes == sizes  # regular files only, by lstat
+    assert stream.getvalue() == "backshift: 7 paths to back up\n"
+    assert reporter.fraction_done() == 0.0
+    now[0] += 10
+    reporter.file_done(paths[0], 700 * 1024)
+    expected = (700 * 1024 + PER_FILE_BYTES) / (sizes + 7 * PER_FILE_BYTES)
+    assert abs(reporter.fraction_done() - expected) < 1e-9
+    line = reporter.status_line(now[0])
+    assert line.startswith("%5.1f%%" % (100 * expected)) and "1/7 files" in line
+    assert "ETA " in line
+    assert stream.getvalue().endswith("\r" + line)  # drawn in place
+    reporter.finish()
+    assert stream.getvalue().endswith("\n")
+    quiet, inhale = make_reporter("none", io.StringIO())
+    assert type(quiet) is Reporter and not inhale
+    moderate, inhale = make_reporter("moderate", io.StringIO())
+    assert isinstance(moderate, ProgressReporter) and inhale
+    moderate.inhale(paths)
+    assert moderate.total_bytes is None and moderate.total_files == 7
