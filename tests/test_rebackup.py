@@ -8,6 +8,8 @@ taken when something about a file changed: each change below is one that
 keeps the size (and, where it can, the mtime) and must still show.
 """
 
+import calendar
+import datetime
 import io
 import os
 import random
@@ -154,8 +156,21 @@ def test_rebackup_after_changes_that_keep_sizes_restores_exactly(savedir, tmp_pa
     # --no-inode-check: what was settled is reused; what changed just before
     # the second backup began (inside its 2 s guard) and one file touched
     # now are read again.
+    # The guard is set to end between the last change before the first
+    # backup and the first change before the second (instead of waiting
+    # 2 s for the default to fall there).
+    def changed_ns(name: str) -> int:
+        st = os.lstat(str(src / name))
+        return max(st.st_mtime_ns, st.st_ctime_ns)
+    before_first = max(changed_ns(name) for name in sizes if name not in changed)
+    before_second = min(changed_ns(name) for name in changed)
+    assert before_first < before_second
+    when = datetime.datetime.strptime(second["started"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    second_ns = calendar.timegm(when.timetuple()) * 10**9 + when.microsecond * 1000
+    guard = second_ns - (before_first + before_second) // 2
     subprocess.run(["touch", "-m", str(src / "same" / "s07")], check=True)
-    third_id = helpers.backup(savedir, "src", cwd=str(tmp_path), extra=["--no-inode-check"])
+    third_id = helpers.backup(savedir, "src", cwd=str(tmp_path),
+                              extra=["--no-inode-check", "--settle-time", "%.9f" % (guard / 1e9)])
     third = helpers.read_record(savedir, third_id)
     again = changed + ["same/s07"]
     assert third["bytes_read"] == sum(sizes[name] for name in again)
