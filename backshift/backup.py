@@ -20,11 +20,12 @@ earlier entry's bytes are copied as they are, after confirming (and
 touching, for expiry) every object it names.
 """
 
+import itertools
 import os
 import stat
 from typing import Iterable, List, Optional
 
-from .catalog import BackupRecord, make_backup_id, utc_now
+from .catalog import STATE_COMPLETE, STATE_FAILED, BackupRecord, make_backup_id, utc_now
 from .checkpoint import Checkpointer
 from .chunking import DATA_PARAMS, METADATA_PARAMS, Chunker
 from .compression import CompressionSpec, Compressor
@@ -33,6 +34,7 @@ from .earlier import PreviousDir, choose_previous, same_entry, unchanged
 from .filesaver import FileSaver
 from .metadata import Metadata, copy_xattrs
 from .packing import Packer
+from .pathinput import InputError
 from .pipeline import ReadAhead, RecordCache, StorePipeline
 from .records import (FLAG_IMPLICIT, FLAG_PARTIAL, KIND_DIR, KIND_FILE, KIND_HARDLINK,
                       PACKREF_SIZE, ChunkRef, Entry, RecordError)
@@ -105,7 +107,7 @@ class Backup:
                                self.packer, self.metadata, self.reporter, self.record,
                                self.readahead, self.checkpoints, options.inline_max,
                                options.pack_file_max, options.inode_check, options.settle_ns)
-        reader = TreeReader(self.records)  # type: ignore[arg-type]
+        reader = TreeReader(self.records)
         previous = choose_previous(savedir.catalog.records(), options.hostname, options.subset)
         self.stack = DirStack(self.builder,
                               PreviousDir.of_root(reader, previous, self.records.prefetch),
@@ -113,13 +115,23 @@ class Backup:
         # A directory whose contents are refused (see _save_path), so that
         # the paths below it are left out with one error line, not one each.
         self._refused: Optional[List[bytes]] = None
+        self._saved = 0  # paths saved (all failed: the backup failed)
 
     def run(self, paths: Iterable[bytes]) -> BackupRecord:
-        """Back up ``paths``; return the completed record."""
-        self.savedir.catalog.write(self.record)
+        """Back up ``paths``; return the finished record ("complete", or "failed" if
+        nothing given could be saved).
+
+        Raises pathinput.InputError, before any record is written, if the
+        input names no path.
+        """
         try:
             # The kernel fetches upcoming files while this one is handled.
-            for path in self.readahead.paths(paths):
+            given = self.readahead.paths(paths)
+            first = next(given, None)  # an input naming nothing is no backup
+            if first is None:
+                raise InputError("the input names no path; nothing recorded")
+            self.savedir.catalog.write(self.record)
+            for path in itertools.chain((first,), given):
                 self._save_path(path)
                 self.checkpoints.tick()
             self.packer.cut()
@@ -127,7 +139,7 @@ class Backup:
             self.store.sync()  # every object written and durable before the record
             self.record.root = root
             self._update(self.record)
-            self.record.state = "complete"
+            self.record.state = STATE_COMPLETE if self._saved else STATE_FAILED
             self.record.finished = utc_now()
             self.savedir.catalog.write(self.record)
         finally:
@@ -214,7 +226,11 @@ class Backup:
         directory.meta = meta
         if not self._reuse_dir_xattrs(directory.previous, meta, st):
             self.metadata.add_xattrs(path, meta)
-        self.reporter.file_done(path, 0)
+        self._done(path, 0)
+
+    def _done(self, path: bytes, size: int) -> None:
+        self._saved += 1
+        self.reporter.file_done(path, size)
 
     def _reuse_dir_xattrs(self, previous: Optional[PreviousDir], meta: Entry,
                           st: os.stat_result) -> bool:
@@ -255,7 +271,7 @@ class Backup:
         self.record.files += 1
         if entry.kind in (KIND_FILE, KIND_HARDLINK):
             self.record.bytes += entry.size
-        self.reporter.file_done(path, entry.size)
+        self._done(path, entry.size)
 
     def _reuse_unchanged(self, path: bytes, name: bytes, st: os.stat_result) -> bool:
         """Copy an earlier backup's entry as it was, if nothing about the file changed.
@@ -287,6 +303,6 @@ class Backup:
                 self.record.bytes += earlier.size
                 self.record.files_reused += 1
                 self.record.bytes_reused += earlier.size
-            self.reporter.file_done(path, earlier.size)
+            self._done(path, earlier.size)
             return True
         return False

@@ -12,10 +12,12 @@ import os
 import re
 from typing import Any, Dict, Iterator, List, Optional, Set
 
-from .objectstore import TEMP_PREFIX, fsync_directory, write_file_atomically
+from .atomic import TEMP_PREFIX, fsync_directory, write_file_atomically
 from .records import ChunkRef
 
 BACKUPS_DIR = "backups"
+# The backup record's own version (its "format" field; FORMAT.md, "Versions").
+RECORD_VERSION = 1
 STATE_UNFINISHED = "unfinished"
 STATE_COMPLETE = "complete"
 # Finished, but nothing was saved: every path given failed (see FORMAT.md).
@@ -89,7 +91,7 @@ class BackupRecord:
 
     def to_json(self) -> bytes:
         document: Dict[str, Any] = {
-            "format": 1,
+            "format": RECORD_VERSION,
             "id": self.backup_id,
             "hostname": self.hostname,
             "subset": self.subset,
@@ -116,6 +118,11 @@ class BackupRecord:
     def from_json(cls, blob: bytes) -> "BackupRecord":
         try:
             document = json.loads(blob.decode("utf-8"))
+            if not isinstance(document, dict):
+                raise ValueError("not a JSON object")
+            if document.get("format", RECORD_VERSION) != RECORD_VERSION:
+                raise CatalogError("backup record version %r is not supported"
+                                   % document["format"])
             record = cls(document["id"], document["hostname"], document["subset"],
                          parse_time(document["started"]))
             record.state = document["state"]

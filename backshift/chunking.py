@@ -2,76 +2,12 @@
 
 A stream is cut into chunks whose boundaries depend only on the bytes near
 each boundary, so that an insertion or deletion changes only the chunks
-around it.  The algorithm below is part of the repository format: two
-implementations that follow this text cut every stream at the same places.
+around it.
 
-Definitions
------------
-
-SEED is the ASCII string ``backshift-chunker-v1``.
-
-T is a permutation of the 256 byte values: the values 0..255 listed in
-increasing order of ``SHA-256(SEED || bytes([v]))`` (digests compared as
-byte strings).  ``t(b) = T[b]``.  T begins ``53 55 03 fa 02 eb a9 2d``.
-
-SHIFTS = (5, 13, 31, 67, 139).  C0 = 0xa5.
-
-Window hash.  Let a chunk start at stream offset s and let x_0, x_1, ... be
-the stream bytes from s on.  Let X be the non-negative integer whose
-little-endian base-256 digits are t(x_0), t(x_1), ..., i.e.
-X = sum(T[x_i] << (8*i)).  Compute
-
-    H = X
-    for d in SHIFTS:   H = H ^ (H << d)
-
-(over GF(2) this is multiplication of X by the product of (1 + z**d)).  The
-hash byte at position i is
-
-    h_i = ((H >> (8*i)) & 0xff) ^ C0.
-
-Because every shift moves bits towards higher positions, h_i depends only
-on x_(i-WH) .. x_i, with WH = ceil(sum(SHIFTS) / 8) = 32: bit q of h_i is the
-XOR of the bits (8*i + q - e) of X over the 32 distinct subset sums e of
-SHIFTS (bits below 0 count as zero; they never matter, see below).
-
-Cut condition.  For B bits write B = 8*k + r (0 <= r < 8).  A cut "after n
-bytes" (the chunk would be x_0 .. x_(n-1)) satisfies condition B when
-
-    h_(n-1) == h_(n-2) == ... == h_(n-k) == 0   and
-    h_(n-k-1) & ((1 << r) - 1) == 0.
-
-It depends on the window x_(n-1-k-WH) .. x_(n-1) only.
-
-Parameters.  For ChunkParams(min_size, avg_size, max_size) let
-L = avg_size - min_size and B = floor(log2(L)) (``L.bit_length() - 1``).
-Normalised chunking uses B_STRICT = B + 2 for chunk lengths below avg_size
-and B_LOOSE = B - 2 from avg_size on.  Required: 0 < min_size < avg_size <
-max_size, B_LOOSE >= 1 and min_size > k_STRICT + WH + 1 (so the window of
-any tested position lies inside the chunk).
-
-Chunk boundaries.  Starting at s = 0: let R be the number of bytes left in
-the stream from s.  If R == 0 the stream is finished.  The chunk length n is
-the smallest n with min_size <= n < min(max_size, R) that satisfies
-condition B_STRICT if n < avg_size or condition B_LOOSE if n >= avg_size;
-if there is none, n = min(max_size, R).  Emit x_0 .. x_(n-1), set s = s + n
-and repeat (the hash restarts from the new chunk start).
-
-Consequences: every chunk except the last has min_size <= len <= max_size;
-the positions of later cuts depend only on the bytes from a cut on, so
-chunking may resume at any cut offset.  No run of a single repeated byte
-value satisfies a condition with k >= 1 (its hash byte is one of the 8
-values 0x00, 0x33, 0x55, 0x66, 0x99, 0xaa, 0xcc, 0xff before the XOR with
-C0), so such runs, e.g. zeros, are cut at max_size.
-
-Rationale.  The condition is a function of ~35 bytes of content, like a
-rolling hash's (it is in fact a buzhash-like GF(2)-linear hash of the
-T-mapped bytes).  T makes every byte value a random 8-bit code, and each
-condition bit is the XOR of 32 bits of those codes spread over the window,
-so the cut frequency depends on how varied the content is, not on which
-byte values it uses (text and binary data give about the same chunk sizes
-as random data).  Without normalisation the expected length would be about
-min_size + 2**B; the stricter condition before avg_size and the looser one
-after it keep the mean near avg_size and narrow the size distribution.
+The algorithm is part of the repository format, specified normatively in
+FORMAT.md, "Chunking": two implementations that follow that text cut every
+stream at the same places.  The names below (SEED, T = TABLE, SHIFTS, C0,
+WH = WINDOW_HASH, B_STRICT, B_LOOSE) are the ones it uses.
 
 Implementation notes
 --------------------
@@ -79,14 +15,14 @@ Implementation notes
 A per-byte loop in CPython runs at a few MB/s, so this module evaluates the
 definition with whole-buffer operations that run in C: ``bytes.translate``
 applies T, ``int.from_bytes`` turns a segment into one big integer, the
-shift/XOR steps above are big-integer operations, and the cut condition is
+shift/XOR steps of the definition are big-integer operations, and the cut condition is
 folded into a single byte, ``Z_i = h_i | h_(i-1) | ... | (h_(i-k) & mask)``,
 computed as ORs of shifted integers, so that ``bytes.find(b"\\0")`` (a
 memchr) finds the first cut in the segment after ``int.to_bytes``.  Only the
 region [min_size, max_size) of each chunk (plus the window before it) is
 hashed, in segments of SEGMENT bytes, so that most of the work stops at the
 first cut.  A segment consisting of one repeated byte is skipped without
-hashing (it cannot contain a cut, see above).
+hashing (it cannot contain a cut).
 """
 
 import hashlib
@@ -109,7 +45,7 @@ NORMALIZATION = 2  # bits added before avg_size, removed from avg_size on
 #: Bytes of the window that h_i depends on, besides x_i itself.
 WINDOW_HASH = (sum(SHIFTS) + 7) // 8
 
-#: The byte permutation T (see the module docstring).
+#: The byte permutation T (FORMAT.md, "Chunking").
 TABLE = bytes(
     sorted(range(256), key=lambda v: hashlib.sha256(SEED + bytes([v])).digest())
 )
@@ -152,7 +88,7 @@ METADATA_PARAMS = ChunkParams(16 * 1024, 64 * 1024, 256 * 1024)
 
 
 def _bits(params: ChunkParams) -> Tuple[int, int]:
-    """(B_STRICT, B_LOOSE) for params, as in the module docstring."""
+    """(B_STRICT, B_LOOSE) for params, as in FORMAT.md, "Chunking"."""
     b = (params.avg_size - params.min_size).bit_length() - 1
     return b + NORMALIZATION, b - NORMALIZATION
 
@@ -188,7 +124,7 @@ class _Condition:
 
 
 class Chunker:
-    """Content-defined chunker; see the module docstring for the algorithm."""
+    """Content-defined chunker; the algorithm is in FORMAT.md, "Chunking"."""
 
     def __init__(self, params: ChunkParams) -> None:
         if not 0 < params.min_size < params.avg_size < params.max_size:

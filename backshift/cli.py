@@ -14,17 +14,17 @@ from typing import BinaryIO, Iterable, List, Optional, Sequence
 
 from . import __version__
 from .backup import Backup, BackupOptions
-from .pathinput import iter_nul_paths
-from .catalog import CatalogError
+from .pathinput import InputError, iter_nul_paths
+from .catalog import STATE_FAILED, CatalogError
 from .compression import CompressionSpec
-from .listing import list_backup, list_backups
+from .listing import list_backup, list_backups, quote_name
 from .objectstore import ObjectError
 from .progress import LEVELS, make_reporter
 from .report import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, is_terminal
 from .retention import Policy, parse_duration
 from .records import RecordError
 from .savedir import SaveDir, SaveDirError, default_hostname, init_savedir
-from .tarout import TarFormatError, TarWriter, produce_tar
+from .tarout import TarFormatError, produce_tar
 from .tree import TreeReader
 
 EXAMPLES = """\
@@ -215,7 +215,7 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None,
     except UsageError as exc:
         stderr.write("backshift: %s (see backshift --help)\n" % exc)
         return EXIT_FATAL
-    except (SaveDirError, CatalogError) as exc:
+    except (SaveDirError, CatalogError, InputError) as exc:
         stderr.write("backshift: %s\n" % exc)
         return EXIT_FATAL
     except (ObjectError, RecordError) as exc:
@@ -295,16 +295,24 @@ def _run(args: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, stderr) ->
                          "up to its last checkpoint\n" % record.backup_id)
         start = os.fsencode(args.starting_directory or "")
         reader = TreeReader(savedir.objects)
-        if args.starting_directory and not reader.lookup(record.root, start):
+        damaged = []
+
+        def on_damage(path: bytes, reason: str) -> None:
+            # Named, skipped, exit 1: the rest of the backup is still worth having.
+            damaged.append(path)
+            stderr.write("backshift: %s: damaged: %s\n" % (_shown(path), reason))
+
+        if args.starting_directory and not reader.lookup(record.root, start, on_damage):
             raise CatalogError("%s: not in backup %s" % (args.starting_directory,
                                                            record.backup_id))
         if action == "produce_tar":
-            return _produce_tar(args, savedir, reader, record, start, stdout, stderr)
+            status = _produce_tar(args, savedir, record, start, stdout, stderr, on_damage)
+            return EXIT_PARTIAL if damaged else status
         out = io.BufferedWriter(_Unclosable(stdout), 1 << 16)
         list_backup(reader, record.root, start, out, simply=action == "list_backup_simply",
-                    recursive=not args.nonrecursive)
+                    recursive=not args.nonrecursive, on_damage=on_damage)
         out.flush()
-        return EXIT_OK
+        return EXIT_PARTIAL if damaged else EXIT_OK
     if action == "expire":
         from .expiry import run_expire
         policy = Policy(args.keep_last, args.keep_hourly, args.keep_daily, args.keep_weekly,
@@ -364,19 +372,21 @@ def _read_record(savedir: SaveDir, backup_id: str):
     return record
 
 
-def _produce_tar(args, savedir: SaveDir, reader: TreeReader, record, start: bytes,
-                 stdout: BinaryIO, stderr) -> int:
-    def on_damage(path: bytes, reason: str) -> None:
-        stderr.write("backshift: %s: damaged: %s\n" % (os.fsdecode(path), reason))
+def _shown(path: bytes) -> str:
+    """A path for one line of a message (control characters escaped)."""
+    return quote_name(path).decode("utf-8", "replace") if path else "."
 
+
+def _produce_tar(args, savedir: SaveDir, record, start: bytes, stdout: BinaryIO, stderr,
+                 on_damage) -> int:
     def on_skip(path: bytes, reason: str) -> None:
         # One entry the format cannot hold must not cost the rest of the
         # restore: report it, keep the stream well formed, exit 1.
         stderr.write("backshift: %s\n" % reason)
 
     out = io.BufferedWriter(_Unclosable(stdout), 1 << 20)
-    writer = TarWriter(out, savedir.objects, args.tar_format, on_damage, on_skip)
-    produce_tar(reader, record.root, start, writer, recursive=not args.nonrecursive)
+    writer = produce_tar(savedir.objects, record.root, start, out, args.tar_format, on_damage,
+                         on_skip, recursive=not args.nonrecursive)
     out.flush()
     if writer.attrs_dropped:
         stderr.write("backshift: note: %d entries have extended attributes or ACLs that %s "
@@ -388,7 +398,7 @@ def _produce_tar(args, savedir: SaveDir, reader: TreeReader, record, start: byte
 def _paths(args: argparse.Namespace, stdin: BinaryIO) -> Iterable[bytes]:
     if args.filelist:
         handle = open(args.filelist, "rb")
-        return iter_nul_paths(handle)
+        return iter_nul_paths(handle, args.filelist)
     if is_terminal(stdin):
         # Nobody types NUL-separated paths: the find pipe was forgotten.
         raise UsageError("--backup reads NUL-separated paths from stdin, which is a terminal; "
@@ -431,7 +441,7 @@ def _backup(args: argparse.Namespace, savedir: SaveDir, hostname: str, stdin: Bi
     if level != "none":
         stderr.write("backshift: backup %s complete: %d files, %d bytes, %d errors\n"
                      % (record.backup_id, record.files, record.bytes, record.errors))
-    return EXIT_PARTIAL if record.errors else EXIT_OK
+    return EXIT_PARTIAL if record.errors or record.state == STATE_FAILED else EXIT_OK
 
 
 def _full_message(savedir: SaveDir, backup_id: str, exc: OSError) -> str:

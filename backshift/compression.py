@@ -179,17 +179,32 @@ class Compressor:
 
 
 def decompress(codec: int, payload: bytes) -> bytes:
-    """Inverse of Compressor.compress; raises ValueError on unknown or corrupt data."""
-    try:
-        if codec == CODEC_NONE:
-            return payload
-        if codec == CODEC_XZ:
-            with _LZMA_GUARD:
-                return lzma.decompress(payload, format=lzma.FORMAT_XZ)
-        if codec == CODEC_ZLIB:
-            return zlib.decompress(payload)
-        if codec == CODEC_BZ2:
-            return bz2.decompress(payload)
-    except (lzma.LZMAError, zlib.error, OSError, EOFError) as exc:
-        raise ValueError("corrupt %s payload: %s" % (CODEC_NAMES[codec], exc)) from None
+    """Inverse of Compressor.compress; raises ValueError on unknown or corrupt data.
+
+    The payload must be exactly one stream: data after its end is damage.
+    """
+    if codec == CODEC_NONE:
+        return payload
+    if codec == CODEC_XZ:
+        with _LZMA_GUARD:
+            decoder = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+            return _one_stream(codec, decoder, payload)
+    if codec == CODEC_ZLIB:
+        return _one_stream(codec, zlib.decompressobj(), payload)
+    if codec == CODEC_BZ2:
+        return _one_stream(codec, bz2.BZ2Decompressor(), payload)
     raise ValueError("unknown codec %d" % codec)
+
+
+def _one_stream(codec: int, decoder, payload: bytes) -> bytes:
+    """Decompress ``payload`` with a fresh decoder; it must end exactly where the stream does."""
+    try:
+        data = decoder.decompress(payload)
+    except (lzma.LZMAError, zlib.error, OSError, EOFError, ValueError) as exc:
+        raise ValueError("corrupt %s payload: %s" % (CODEC_NAMES[codec], exc)) from None
+    if not decoder.eof:
+        raise ValueError("corrupt %s payload: truncated stream" % CODEC_NAMES[codec])
+    if decoder.unused_data:
+        raise ValueError("corrupt %s payload: %d bytes after the end of its stream"
+                         % (CODEC_NAMES[codec], len(decoder.unused_data)))
+    return data

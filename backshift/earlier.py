@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 from .catalog import BackupRecord
 from .records import (FLAG_INLINE, KIND_DIR, KIND_FILE, KIND_HARDLINK, KIND_SYMLINK, ChunkRef,
                       Entry, RawEntry, RecordError, scan_entries)
+from .recordindex import CHUNKS_AHEAD, LARGE_RECORD, RecordIndex
 from .tree import TreeReader
 
 # An entry of an earlier backup, with that backup's start time (ns since
@@ -108,6 +109,8 @@ class PreviousDir:
         self.fragments = fragments  # this directory's own entries in earlier backups
         self._prefetch = prefetch
         self._index: Optional[Dict[bytes, List[RawEarlier]]] = None
+        # Large records are indexed compactly instead (recordindex.py).
+        self._large: List[Tuple[RecordIndex, int]] = []
 
     @classmethod
     def of_root(cls, reader: TreeReader, records: Sequence[BackupRecord],
@@ -132,7 +135,11 @@ class PreviousDir:
         """Earlier entries named ``name``, with their backups' start times."""
         if self._index is None:
             self._index = self._load()
-        return self._index.get(name, [])
+        found = self._index.get(name, [])
+        if self._large:
+            found = found + [(entry, started) for index, started in self._large
+                             for entry in index.find(name)]
+        return found
 
     def get(self, name: bytes) -> List[Earlier]:
         """The same, decoded (entries that do not decode are left out)."""
@@ -154,12 +161,16 @@ class PreviousDir:
                 continue  # the same record in two earlier backups: index it once
             seen.add(key)
             try:
+                if not inline and sum(length for _, length in fragment.chunks) >= LARGE_RECORD:
+                    self._large.append((RecordIndex(self._reader.objects.get, fragment.chunks,
+                                                    self._prefetch), started))
+                    continue
                 record = (fragment.inline or b"") if inline else \
                     self._reader.read_record(fragment.chunks)
                 entries = list(scan_entries(record))
                 for entry in entries:
-                    if entry.kind == KIND_DIR:
-                        self._prefetch(entry.decode().chunks)  # needed soon, in find order
+                    if entry.kind == KIND_DIR:  # needed soon, in find order
+                        self._prefetch(entry.decode().chunks[:CHUNKS_AHEAD])
             except Exception:  # a damaged earlier backup only costs us re-reading
                 continue
             for entry in entries:

@@ -32,13 +32,13 @@ import time
 from typing import BinaryIO, Iterable, Iterator, List, Optional, Sequence, Set, TextIO, Tuple
 
 from .catalog import BackupRecord, CatalogError
-from .checking import scan_tree
-from .objectstore import DIGEST_SIZE, TEMP_PREFIX, ObjectStore, fsync_directory, unique_suffix
+from .atomic import TEMP_PREFIX, fsync_directory, unique_suffix
+from .objectstore import DIGEST_SIZE, ObjectStore
 from .records import ChunkRef
 from .report import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, StatusLine, human_bytes
 from .retention import Decision, Policy, decide
 from .savedir import SaveDir
-from .tree import TreeReader
+from .tree import TreeReader, entry_chunks
 
 
 DEFAULT_GRACE = "1h"
@@ -145,12 +145,7 @@ class Sweeper:
 
     def object_dirs(self) -> Iterator[Tuple[int, str, List[str]]]:
         """(prefix, directory, names) of each object directory."""
-        for prefix in range(256):
-            directory = os.path.join(self.objects.root, "%02x" % prefix)
-            try:
-                yield prefix, directory, os.listdir(directory)
-            except FileNotFoundError:
-                continue
+        return self.objects.directories()
 
     def sweep(self, referenced: Set[bytes], protect: float) -> None:
         for prefix, directory, names in self.object_dirs():
@@ -407,16 +402,16 @@ class Expiry:
                    seen: Set[bytes]) -> Optional[str]:
         problems: List[str] = []
 
-        def on_chunks(path: bytes, chunks: Sequence[ChunkRef], is_record: bool) -> None:
-            referenced.update(digest for digest, _length in chunks)
+        def on_damage(path: bytes, reason: str) -> None:
+            problems.append(reason)
+
+        referenced.update(digest for digest, _length in root)
+        # Not strict: an entry the reader's rules reject still keeps its
+        # objects, and does not block expiry.
+        for _path, entry in reader.walk(root, include_implicit=True, on_damage=on_damage,
+                                        strict=False, seen=seen):
+            referenced.update(digest for digest, _length in entry_chunks(entry))
             self.progress.show("expire: %d objects in use" % len(referenced))
-
-        def on_damage(path: bytes, chunks: Sequence[ChunkRef], digest: Optional[bytes],
-                      reason: str) -> None:
-            where = "object %s: %s" % (digest.hex(), reason) if digest else reason
-            problems.append(where)
-
-        scan_tree(reader, root, on_chunks, on_damage, seen)
         return problems[0] if problems else None
 
     def _reread(self, record: BackupRecord) -> Optional[BackupRecord]:

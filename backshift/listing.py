@@ -1,13 +1,12 @@
 """Listing backups and the contents of one backup."""
 
 import time
-from typing import BinaryIO, Iterable, Sequence
+from typing import BinaryIO, Iterable, Optional, Sequence
 
 from .catalog import BackupRecord
 from .records import (FLAG_PARTIAL, KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_HARDLINK, KIND_SYMLINK,
-                      ChunkRef)
-from .tarout import mode_string
-from .tree import TreeReader
+                      ChunkRef, mode_string)
+from .tree import DamageHandler, TreeReader
 
 
 def quote_name(name: bytes) -> bytes:
@@ -50,9 +49,12 @@ def list_backups(records: Iterable[BackupRecord], out: BinaryIO) -> None:
 
 
 def list_backup(reader: TreeReader, root: Sequence[ChunkRef], start: bytes, out: BinaryIO,
-                simply: bool = False, recursive: bool = True) -> None:
-    """One line per entry; as ``tar tvf`` prints, or names only when ``simply``."""
-    for path, entry in reader.walk(root, start, recursive=recursive):
+                simply: bool = False, recursive: bool = True,
+                on_damage: Optional[DamageHandler] = None) -> None:
+    """One line per entry; as ``tar tvf`` prints, or names only when ``simply``.
+
+    Damage is reported to ``on_damage`` and skipped (see TreeReader.walk)."""
+    for path, entry in reader.walk(root, start, recursive=recursive, on_damage=on_damage):
         if entry.flags & FLAG_PARTIAL:
             continue  # a checkpoint's prefix of a file still being read: not a file
         name = quote_name(path) if path else b"."

@@ -3,7 +3,8 @@
 An object lives at ``objects/<first two hex digits>/<64 hex digits>``, the
 BLAKE2b-256 digest of its *uncompressed* content.  Its file is a 16-byte
 header (``b"BSHO"``, u8 format version, u8 codec, u16 zero, u64
-uncompressed length) followed by the payload.
+uncompressed length) followed by the payload.  A header with anything else
+(another version, an unknown codec, a non-zero reserved field) is damage.
 
 Writers never modify a file another process may read: an object is written
 to a uniquely named temporary file in its own directory, flushed to disk,
@@ -18,19 +19,23 @@ import hashlib
 import os
 import struct
 import threading
-from typing import Callable, Iterator, Optional, Set, Tuple
+from typing import Callable, Iterator, List, Optional, Protocol, Set, Tuple
 
-from .compression import Compressor, decompress
+from .atomic import TEMP_PREFIX, drop_from_cache, fsync_directory, write_file_atomically
+from .compression import CODEC_NAMES, CODEC_NONE, CODEC_XZ, Compressor, decompress
 
 OBJECTS_DIR = "objects"
 OBJECT_MAGIC = b"BSHO"
 OBJECT_VERSION = 1
 OBJECT_HEADER = struct.Struct("<4sBBHQ")
 DIGEST_SIZE = 32
-TEMP_PREFIX = ".tmp-"
 # How many digests a writer remembers as "known present" before forgetting
 # them all; bounds memory on very large backups.
 KNOWN_LIMIT = 200_000
+
+
+# The last two bytes of every xz stream (its footer's magic).
+XZ_FOOTER_MAGIC = b"YZ"
 
 
 class ObjectError(Exception):
@@ -42,75 +47,40 @@ class ObjectError(Exception):
         self.reason = reason
 
 
+class ObjectReader(Protocol):
+    """Where readers get objects: the store itself, or a cache in front of it."""
+
+    def get(self, digest: bytes, verify: bool = True) -> bytes:
+        """The uncompressed content of an object; raises ObjectError."""
+
+
+class Objects(ObjectReader, Protocol):
+    """What writers need of a store: ObjectStore, or MemoryObjects in unit tests."""
+
+    def put(self, data: bytes, compressor: Compressor, digest: Optional[bytes] = None) -> bytes:
+        """Store ``data`` unless present; return its digest."""
+
+    def touch(self, digest: bytes) -> bool:
+        """Mark a present object as just referenced; False if absent."""
+
+    def exists(self, digest: bytes) -> bool:
+        """Is the object present?"""
+
+
 def digest_of(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
 
 
-def unique_suffix(hostname: str) -> str:
-    """A name part no other writer (host, process) will choose."""
-    safe_host = "".join(c if c.isalnum() or c in "-." else "_" for c in hostname)
-    return "%s-%d-%s" % (safe_host, os.getpid(), os.urandom(6).hex())
-
-
-def write_file_atomically(directory: str, name: str, data: bytes, hostname: str,
-                          durable: bool = True) -> None:
-    """Write ``directory/name`` via a unique temporary file and a rename."""
-    temp = os.path.join(directory, TEMP_PREFIX + unique_suffix(hostname))
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        if durable:
-            os.fsync(fd)
-        # Written pages are clean after fsync and can be dropped (seed feature
-        # 7); without fsync this only starts their write-back.
-        _drop_from_cache(fd)
-    except BaseException:
-        os.close(fd)
-        _unlink_quietly(temp)
-        raise
-    os.close(fd)
-    final = os.path.join(directory, name)
-    try:
-        os.rename(temp, final)
-    except OSError as exc:
-        # Some network file systems refuse to rename onto an existing name;
-        # an object already there holds the same bytes, so that is success.
-        _unlink_quietly(temp)
-        if not (exc.errno in (errno.EEXIST, errno.EACCES, errno.EPERM) and os.path.exists(final)):
-            raise
-
-
-def fsync_directory(path: str) -> None:
-    """Make renames into ``path`` durable (ignored where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _drop_from_cache(fd: int) -> None:
-    """Tell the kernel we will not read this file again (seed feature 7)."""
-    if hasattr(os, "posix_fadvise"):
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        except OSError:
-            pass
+def _parse_header(header: bytes) -> Tuple[int, int, Optional[str]]:
+    """(codec, uncompressed length, what is wrong or None) of an object header."""
+    magic, version, codec, reserved, length = OBJECT_HEADER.unpack(header)
+    if magic != OBJECT_MAGIC or version != OBJECT_VERSION:
+        return codec, length, "bad header: not a backshift object"
+    if codec not in CODEC_NAMES:
+        return codec, length, "bad header: unknown codec %d" % codec
+    if reserved:
+        return codec, length, "bad header: reserved field is %#x, not zero" % reserved
+    return codec, length, None
 
 
 class ObjectStore:
@@ -187,10 +157,6 @@ class ObjectStore:
             self._known.clear()
         self._known.add(digest)
 
-    def forget_known(self) -> None:
-        """Make the next put/touch of every object go to the disk again."""
-        self._known.clear()
-
     def sync(self) -> None:
         """Make every rename done so far durable; call before referring to them."""
         with self._lock:
@@ -208,7 +174,7 @@ class ObjectStore:
             try:
                 with open(path, "rb") as handle:
                     blob = handle.read()
-                    _drop_from_cache(handle.fileno())
+                    drop_from_cache(handle.fileno())
                 break
             except FileNotFoundError:
                 raise ObjectError(digest, "missing") from None
@@ -219,10 +185,42 @@ class ObjectStore:
                     raise ObjectError(digest, "unreadable: %s" % exc.strerror) from None
         if len(blob) < OBJECT_HEADER.size:
             raise ObjectError(digest, "truncated header")
-        magic, version, codec, _zero, length = OBJECT_HEADER.unpack_from(blob, 0)
-        if magic != OBJECT_MAGIC or version != OBJECT_VERSION:
-            raise ObjectError(digest, "bad header")
+        codec, length, problem = _parse_header(blob[:OBJECT_HEADER.size])
+        if problem is not None:
+            raise ObjectError(digest, problem)
         return codec, length, blob[OBJECT_HEADER.size:]
+
+    def header_problem(self, digest: bytes,
+                       expected_length: Optional[int] = None) -> Optional[str]:
+        """What is wrong with an object, judged by its header and size alone (None if sane)."""
+        try:
+            fd = os.open(self.path_of(digest), os.O_RDONLY)
+        except FileNotFoundError:
+            return "missing"
+        except OSError as exc:
+            return "unreadable: %s" % exc.strerror
+        try:
+            header = os.pread(fd, OBJECT_HEADER.size, 0)
+            size = os.fstat(fd).st_size
+            if len(header) < OBJECT_HEADER.size:
+                return "truncated: %d bytes, shorter than an object header" % size
+            codec, length, problem = _parse_header(header)
+            if problem is not None:
+                return problem
+            if expected_length is not None and length != expected_length:
+                return "holds %d bytes, the backup expects %d" % (length, expected_length)
+            payload = size - OBJECT_HEADER.size
+            if codec == CODEC_NONE and payload != length:
+                return "truncated: %d of %d bytes of content" % (payload, length)
+            if codec != CODEC_NONE and payload <= 0:
+                return "truncated: no payload"
+            if codec == CODEC_XZ and os.pread(fd, 2, size - 2) != XZ_FOOTER_MAGIC:
+                return "truncated: the xz stream has no end"
+        except OSError as exc:
+            return "unreadable: %s" % exc.strerror
+        finally:
+            os.close(fd)
+        return None
 
     def get(self, digest: bytes, verify: bool = True) -> bytes:
         """The uncompressed content of an object, checked against its digest."""
@@ -237,31 +235,30 @@ class ObjectStore:
             raise ObjectError(digest, "content does not match its digest")
         return data
 
-    def _listing(self, on_prefix: Optional[Callable[[int], None]] = None
-                 ) -> Iterator[Tuple[str, str]]:
-        """(directory, name) of every file in the object directories."""
+    def directories(self) -> Iterator[Tuple[int, str, List[str]]]:
+        """(prefix, directory, names) of each object directory: the one listing of the layout."""
         for prefix in range(256):
-            if on_prefix is not None:
-                on_prefix(prefix)
             directory = os.path.join(self.root, "%02x" % prefix)
             try:
-                names = os.listdir(directory)
+                yield prefix, directory, os.listdir(directory)
             except FileNotFoundError:
                 continue
-            for name in names:
-                yield directory, name
 
     def iter_digests(self, on_prefix: Optional[Callable[[int], None]] = None) -> Iterator[bytes]:
         """Every object present (temporary files skipped)."""
-        for _directory, name in self._listing(on_prefix):
-            if len(name) == 2 * DIGEST_SIZE and not name.startswith("."):
-                try:
-                    yield bytes.fromhex(name)
-                except ValueError:
-                    continue
+        for prefix, _directory, names in self.directories():
+            if on_prefix is not None:
+                on_prefix(prefix)
+            for name in names:
+                if len(name) == 2 * DIGEST_SIZE and not name.startswith("."):
+                    try:
+                        yield bytes.fromhex(name)
+                    except ValueError:
+                        continue
 
     def temp_files(self) -> Iterator[str]:
         """Paths of temporary files left in object directories."""
-        for directory, name in self._listing():
-            if name.startswith(TEMP_PREFIX):
-                yield os.path.join(directory, name)
+        for _prefix, directory, names in self.directories():
+            for name in names:
+                if name.startswith(TEMP_PREFIX):
+                    yield os.path.join(directory, name)

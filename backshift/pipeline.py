@@ -40,12 +40,12 @@ import os
 import queue
 import stat
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Deque, Dict, Iterable, Iterator, List, Optional, Tuple
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .compression import Compressor
-from .objectstore import ObjectStore, digest_of
-from .records import KIND_DIR, Entry
+from .objectstore import ObjectReader, ObjectStore, digest_of
+from .records import Entry
 from .tree import TreeReader
 
 # Compression keeps every core busy; the extra threads wait in fsync (a disk
@@ -58,6 +58,8 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 # the kernel is asked to fetch (its own readahead continues from there).
 READAHEAD_PATHS = 128
 READAHEAD_BYTES = 1024 * 1024
+# How often a caller waiting for the store's workers is called back (on_wait).
+WAIT_TICK = 0.2
 
 
 def default_workers() -> int:
@@ -77,8 +79,13 @@ class StorePipeline:
         self.max_bytes = max_bytes
         self._pool = ThreadPoolExecutor(max_workers=workers or default_workers(),
                                         thread_name_prefix="backshift-store")
-        # Objects handed over and not yet known to be written, oldest first.
-        self._pending: Dict[bytes, Tuple["Future[bytes]", int]] = {}
+        # Objects handed over and not yet known to be written, oldest first,
+        # with their sizes and numbers in the order handed over.
+        self._pending: Dict[bytes, Tuple["Future[bytes]", int, int]] = {}
+        self.submitted = 0  # objects handed over so far
+        # Called every WAIT_TICK seconds while put, drain or sync waits for
+        # a worker (a backup's checkpoints must go on meanwhile).
+        self.on_wait: Optional[Callable[[], None]] = None
         self._pending_bytes = 0
         self.peak_bytes = 0
         # ObjectStore.put writes a file only for an object not present
@@ -101,7 +108,8 @@ class StorePipeline:
         while self._pending and self._pending_bytes + len(data) > self.max_bytes:
             self._wait_oldest()
         future = self._pool.submit(self.objects.put, data, compressor, digest)
-        self._pending[digest] = (future, len(data))
+        self._pending[digest] = (future, len(data), self.submitted)
+        self.submitted += 1
         self._pending_bytes += len(data)
         self.peak_bytes = max(self.peak_bytes, self._pending_bytes)
         return digest
@@ -111,17 +119,28 @@ class StorePipeline:
         """Objects handed over and not yet collected."""
         return len(self._pending)
 
+    @property
+    def written_through(self) -> int:
+        """How many objects, counted from the first handed over, are all written."""
+        for _future, _size, number in self._pending.values():
+            return number
+        return self.submitted
+
     def _reap(self) -> None:
         """Collect finished objects at the front of the queue."""
         while self._pending:
-            future, _size = next(iter(self._pending.values()))
+            future, _size, _number = next(iter(self._pending.values()))
             if not future.done():
                 return
             self._wait_oldest()
 
     def _wait_oldest(self) -> None:
         digest = next(iter(self._pending))
-        future, size = self._pending.pop(digest)
+        future, size, _number = self._pending[digest]
+        if self.on_wait is not None:
+            while not wait([future], WAIT_TICK).done:
+                self.on_wait()
+        del self._pending[digest]
         self._pending_bytes -= size
         future.result()  # raises the worker's exception here
 
@@ -137,7 +156,7 @@ class StorePipeline:
 
     def close(self) -> None:
         """Stop the workers; objects not yet written are abandoned."""
-        for future, _size in self._pending.values():
+        for future, _size, _number in self._pending.values():
             future.cancel()
         self._pool.shutdown(wait=True)
         self._pending.clear()
@@ -153,7 +172,7 @@ class RecordCache:
     lengths the oldest prefetches are dropped (and read again if wanted).
     """
 
-    def __init__(self, objects: ObjectStore, workers: Optional[int] = None,
+    def __init__(self, objects: ObjectReader, workers: Optional[int] = None,
                  max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.objects = objects
         self.max_bytes = max_bytes
@@ -194,23 +213,21 @@ class RecordCache:
 
 
 class ReadAheadTreeReader(TreeReader):
-    """A TreeReader that, on reading a record, starts reading its subdirectories' records.
+    """A TreeReader that, on judging a directory, starts reading its subdirectories' records.
 
     A depth-first walk reads a record just before it needs it; with this,
     decompressing and reading the next records overlaps with the work on
     the current one.
     """
 
-    def __init__(self, objects: ObjectStore, workers: Optional[int] = None) -> None:
-        self.cache = RecordCache(objects, workers)
-        super().__init__(self.cache)  # type: ignore[arg-type]
+    looks_ahead = True
 
-    def parse(self, record: bytes) -> Iterator[Entry]:
-        entries = list(super().parse(record))
-        for entry in entries:
-            if entry.kind == KIND_DIR:
-                self.cache.prefetch(entry.chunks)
-        return iter(entries)
+    def __init__(self, objects: ObjectReader, workers: Optional[int] = None) -> None:
+        self.cache = RecordCache(objects, workers)
+        super().__init__(self.cache)
+
+    def will_read(self, directory: Entry) -> None:
+        self.cache.prefetch(directory.chunks)
 
     def close(self) -> None:
         self.cache.close()
@@ -224,7 +241,7 @@ class Prefetcher:
     lengths announced) are fetched and not yet taken.
     """
 
-    def __init__(self, objects: ObjectStore, workers: Optional[int] = None,
+    def __init__(self, objects: ObjectReader, workers: Optional[int] = None,
                  max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.objects = objects
         self.max_bytes = max_bytes

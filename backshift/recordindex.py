@@ -6,7 +6,7 @@ in a dict by name; one whose record is large (LARGE_RECORD bytes, about
 6,000 entries) would cost some 800 bytes per entry so.  RecordIndex keeps
 8 bytes per entry instead (a 32-bit hash of the name and the entry's offset
 in the record, sorted) and reads the record's chunks again when an entry is
-asked for, keeping the last few.  In find order consecutive names lie in
+asked for, keeping up to KEPT_BYTES of them.  In find order consecutive names lie in
 the same chunk, so each chunk is read about once more.
 """
 
@@ -20,8 +20,10 @@ from .records import KIND_DIR, RECORD_HEADER, ChunkRef, RawEntry, RecordError, e
 
 # Records from this size on are indexed so.
 LARGE_RECORD = 1 << 20
-# Chunks of a large record kept decompressed for lookups.
-CHUNKS_KEPT = 4
+# Bytes of a large record's chunks kept decompressed for lookups: in find
+# order only the last one or two are used; in another order (randomize)
+# a record up to this size is read only once more.
+KEPT_BYTES = 8 << 20
 # Chunks of a record asked for ahead of reading it: its subdirectories'
 # first ones as they are met, the next ones of a large record as it is read.
 CHUNKS_AHEAD = 4
@@ -46,6 +48,7 @@ class RecordIndex:
         if at > _LOW32:
             raise RecordError("record of %d bytes too large to index" % at)
         self._kept: "collections.OrderedDict[int, bytes]" = collections.OrderedDict()
+        self._kept_bytes = 0
         keys = array.array("Q")
         offset = RECORD_HEADER.size
         for buf, start in entry_spans(self._read_ahead(prefetch)):
@@ -99,6 +102,7 @@ class RecordIndex:
             return kept
         data = self._fetch(self._chunks[number][0])
         self._kept[number] = data
-        if len(self._kept) > CHUNKS_KEPT:
-            self._kept.popitem(last=False)
+        self._kept_bytes += len(data)
+        while self._kept_bytes > KEPT_BYTES and len(self._kept) > 1:
+            self._kept_bytes -= len(self._kept.popitem(last=False)[1])
         return data

@@ -11,7 +11,7 @@ One entry::
     u32  total length of the entry, this field included
     u8   kind     (b'f' file, b'd' directory, b'l' symlink, b'h' hard link,
                    b'p' fifo, b'c' char device, b'b' block device)
-    u8   flags    (INLINE, PARTIAL, IMPLICIT, CONTINUATION, SPARSE, PACKED)
+    u8   flags    (INLINE, PARTIAL, IMPLICIT, SPARSE, PACKED)
     u16  reserved, zero
     u32  mode     (permission and special bits, st_mode & 0o7777)
     u32  uid, u32 gid
@@ -32,6 +32,7 @@ keys sorted, e.g. ``xattr.user.foo`` or ``sparse``.
 All integers are little-endian.  The module is pure: no file system access.
 """
 
+import stat
 import struct
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -51,9 +52,10 @@ KINDS = (KIND_FILE, KIND_DIR, KIND_SYMLINK, KIND_HARDLINK, KIND_FIFO, KIND_CHAR,
 FLAG_INLINE = 0x01        # data is the content itself, not a chunk list
 FLAG_PARTIAL = 0x02       # checkpoint of a file still being read: chunks cover a prefix
 FLAG_IMPLICIT = 0x04      # directory never named in the input: no metadata of its own
-FLAG_CONTINUATION = 0x08  # more entries of a directory already seen earlier in this record
 FLAG_SPARSE = 0x10        # extras["sparse"] lists the data extents; chunks cover only those
 FLAG_PACKED = 0x20        # content is bytes offset..offset+size of the one chunk (a pack)
+# Every flag this version knows; a reader treats an entry with any other bit as damage.
+KNOWN_FLAGS = FLAG_INLINE | FLAG_PARTIAL | FLAG_IMPLICIT | FLAG_SPARSE | FLAG_PACKED
 
 # Keys of Entry.extras (see FORMAT.md, "Extras").
 XATTR_PREFIX = b"xattr."  # + attribute name -> raw value, as lgetxattr returns it
@@ -119,10 +121,6 @@ class Entry:
     @property
     def is_inline(self) -> bool:
         return bool(self.flags & FLAG_INLINE)
-
-    @property
-    def has_metadata(self) -> bool:
-        return not self.flags & (FLAG_IMPLICIT | FLAG_CONTINUATION)
 
     def stored_length(self) -> int:
         """Bytes of content held for this entry (inline or in chunks)."""
@@ -238,9 +236,9 @@ def decode_entry(buf: bytes, offset: int = 0) -> Tuple[Entry, int]:
     if pos != end:
         raise RecordError("entry at offset %d has %d stray bytes" % (offset, end - pos))
     name, uname, gname, target, data, extras = fields
+    # An unknown kind is decoded (the entry is self-delimiting); readers
+    # judge it (tree.entry_problem) and skip that entry alone.
     kind_byte = bytes((kind,))
-    if kind_byte not in KINDS:
-        raise RecordError("unknown entry kind %r for %r" % (kind_byte, name))
     entry = Entry(name, kind_byte, flags=flags, mode=mode, uid=uid, gid=gid,
                   mtime_ns=mtime_ns, ctime_ns=ctime_ns, ino=ino, size=size, nlink=nlink,
                   rdev_major=rdev_major, rdev_minor=rdev_minor, uname=uname, gname=gname,
@@ -267,7 +265,7 @@ def record_header() -> bytes:
 
 def iter_entries(record: bytes) -> Iterator[Entry]:
     """Entries of a complete directory record, in stored order."""
-    offset = _check_header(record)
+    offset = check_record_header(record)
     while offset < len(record):
         entry, offset = decode_entry(record, offset)
         yield entry
@@ -290,7 +288,7 @@ def entry_spans(pieces: Iterable[bytes]) -> Iterator[Tuple[bytes, int]]:
         if not started:
             if len(buf) < RECORD_HEADER.size:
                 continue
-            pos = _check_header(buf)
+            pos = check_record_header(buf)
             started = True
         while len(buf) - pos >= _LEN.size:
             (total,) = _LEN.unpack_from(buf, pos)
@@ -301,7 +299,7 @@ def entry_spans(pieces: Iterable[bytes]) -> Iterator[Tuple[bytes, int]]:
             yield buf, pos
             pos += total
     if not started:
-        _check_header(buf)
+        check_record_header(buf)
     if pos < len(buf):
         raise RecordError("truncated entry at the end of the record")
 
@@ -379,14 +377,43 @@ def encode_owners(uname: bytes, gname: bytes) -> bytes:
 
 def scan_entries(record: bytes) -> Iterator[RawEntry]:
     """Entries of a complete directory record, parsed only as far as RawEntry does."""
-    offset = _check_header(record)
+    offset = check_record_header(record)
     while offset < len(record):
         entry = RawEntry(record, offset)
         yield entry
         offset = entry.end
 
 
-def _check_header(record: bytes) -> int:
+_HEAD = struct.Struct("<IBB")
+_NAME_AT = _FIXED.size + _LEN.size
+
+
+def entry_head(buf: bytes, offset: int) -> Tuple[int, bytes, int, bytes]:
+    """(end, kind, flags, name) of the entry at ``offset``: all a first look needs.
+
+    Checks that the entry's length and name lie within ``buf``; the other
+    fields are checked when the entry is decoded."""
+    try:
+        total, kind, flags = _HEAD.unpack_from(buf, offset)
+        (name_length,) = _LEN.unpack_from(buf, offset + _FIXED.size)
+    except struct.error as exc:
+        raise RecordError("truncated entry at offset %d" % offset) from exc
+    end = offset + total
+    name_at = offset + _NAME_AT
+    if total < _FIXED.size + 6 * _LEN.size or end > len(buf) or name_at + name_length > end:
+        raise RecordError("entry at offset %d claims %d bytes" % (offset, total))
+    return end, _KIND_BYTES[kind], flags, buf[name_at:name_at + name_length]
+
+
+_KIND_BYTES = [bytes((value,)) for value in range(256)]
+
+
+def entry_length(buf: bytes, offset: int) -> int:
+    """The length of the entry at ``offset`` (its first field; RawEntry checked it)."""
+    return _LEN.unpack_from(buf, offset)[0]
+
+
+def check_record_header(record: bytes) -> int:
     """Check a record's header; return the offset of its first entry."""
     if len(record) < RECORD_HEADER.size:
         raise RecordError("directory record too short")
@@ -396,3 +423,11 @@ def _check_header(record: bytes) -> int:
     if version != RECORD_VERSION:
         raise RecordError("directory record version %d is not supported" % version)
     return RECORD_HEADER.size
+
+
+def mode_string(entry: Entry) -> str:
+    """``ls -l`` style mode of an entry, as tar -tv prints it."""
+    kinds = {KIND_FILE: stat.S_IFREG, KIND_HARDLINK: stat.S_IFREG, KIND_DIR: stat.S_IFDIR,
+             KIND_SYMLINK: stat.S_IFLNK, KIND_FIFO: stat.S_IFIFO, KIND_CHAR: stat.S_IFCHR,
+             KIND_BLOCK: stat.S_IFBLK}
+    return stat.filemode(kinds[entry.kind] | entry.mode)

@@ -8,10 +8,10 @@ Layout (see FORMAT.md)::
 """
 
 import os
-import socket
 
 from .catalog import Catalog
-from .objectstore import ObjectStore, fsync_directory, write_file_atomically
+from .atomic import fsync_directory, this_host, write_file_atomically
+from .objectstore import ObjectStore
 
 FORMAT_FILE = "backshift-format"
 FORMAT_VERSION = 2
@@ -23,7 +23,7 @@ class SaveDirError(Exception):
 
 
 def default_hostname() -> str:
-    return socket.gethostname().split(".")[0] or "localhost"
+    return this_host()
 
 
 def init_savedir(path: str, hostname: str) -> None:
@@ -68,6 +68,10 @@ def read_format_version(path: str) -> int:
     if version != FORMAT_VERSION:
         raise SaveDirError("%s: save directory format %d; this backshift reads format %d"
                            % (path, version, FORMAT_VERSION))
+    if text != FORMAT_TEXT % version:
+        # Anything else in the file is damage, or a format this version does not know.
+        raise SaveDirError("%s: %s holds more than its two lines; not a format %d save "
+                           "directory this backshift knows" % (path, FORMAT_FILE, version))
     return version
 
 

@@ -146,6 +146,9 @@ class SourceTree:
         try:
             return os.readlink(name, dir_fd=self._parents.parent_fd(parent))
         except OSError as exc:
+            if exc.errno == errno.EINVAL:  # lstat saw a symlink; something else is there now
+                raise SourceError("changed during backup (no longer a symlink); not saved") \
+                    from None
             raise SourceError(_reason(exc)) from None
 
     def xattrs(self, path: bytes) -> Tuple[Dict[bytes, bytes], Optional[str]]:
@@ -371,13 +374,18 @@ class SourceFile:
         self._advised = self.offset
 
     def changed_while_read(self) -> bool:
-        """Did size or mtime move since open, or did we read other than st_size bytes?"""
+        """Did size, mtime or ctime move since open, or did we read other than st_size bytes?
+
+        The ctime as GNU tar checks it: a rewrite in place whose writer then
+        set the mtime back (as rsync or a careful tool may) still moves it.
+        """
         try:
             now = os.fstat(self.fd)
         except OSError:
             return True
-        return (now.st_size != self.stat.st_size or now.st_mtime_ns != self.stat.st_mtime_ns
-                or self.offset != self.stat.st_size)
+        before = self.stat
+        return (now.st_size != before.st_size or now.st_mtime_ns != before.st_mtime_ns
+                or now.st_ctime_ns != before.st_ctime_ns or self.offset != before.st_size)
 
 
 def device_numbers(rdev: int) -> Tuple[int, int]:
@@ -391,10 +399,3 @@ def device_numbers(rdev: int) -> Tuple[int, int]:
                 (rdev & 0xFF) | ((rdev >> 12) & 0xFFFFFF00))
     return os.major(rdev), os.minor(rdev)
 
-
-def make_device(major: int, minor: int) -> int:
-    """The device number for (major, minor): os.makedev, without PyPy's overflow on Linux."""
-    if sys.platform.startswith("linux"):
-        return (((major & 0xFFF) << 8) | ((major & 0xFFFFF000) << 32)
-                | (minor & 0xFF) | ((minor & 0xFFFFFF00) << 12))
-    return os.makedev(major, minor)

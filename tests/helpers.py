@@ -352,3 +352,29 @@ def four_at_once(savedir: str, base: str, extra: Tuple[str, ...] = ()) -> None:
                  if name.startswith(".tmp-")]
     assert not leftovers
     run_ok(["--save-directory", savedir, "--check"])
+
+
+class MemoryObjects:
+    """An object store in memory (objectstore.Objects), for walking crafted trees in-process."""
+
+    def __init__(self) -> None:
+        self.blobs: Dict[bytes, bytes] = {}
+
+    def get(self, digest: bytes, verify: bool = True) -> bytes:
+        from backshift.objectstore import ObjectError
+        try:
+            return self.blobs[digest]
+        except KeyError:
+            raise ObjectError(digest, "missing") from None
+
+    def put(self, data: bytes, compressor=None, digest: Optional[bytes] = None) -> bytes:
+        from backshift.objectstore import digest_of
+        digest = digest or digest_of(data)
+        self.blobs.setdefault(digest, data)
+        return digest
+
+    def touch(self, digest: bytes) -> bool:
+        return digest in self.blobs
+
+    def exists(self, digest: bytes) -> bool:
+        return digest in self.blobs

@@ -207,3 +207,25 @@ def test_swapping_a_directory_and_a_symlink_while_backing_up(savedir, tmp_path):
     assert files_below(str(secret)) == secret_before
     assert sorted(os.listdir(str(tmp_path))) == sorted(
         ["work", "secret", "stash", "savedir"] + ["restore-%d" % n for n in range(BACKUPS)])
+
+
+def test_a_symlink_replaced_before_it_is_read_is_reported_as_changed(savedir, tmp_path):
+    os.chdir(str(tmp_path))
+    os.makedirs("src")
+    os.symlink("target", "src/l")
+
+    reporter = Reporter(io.StringIO())
+    backup = Backup(SaveDir(savedir, "test", durable=False), BackupOptions("test", "test"),
+                    reporter)
+    lstat = backup.source.lstat
+
+    def lstat_then_swap(path: bytes):
+        st = lstat(path)
+        if path == b"src/l":
+            os.unlink("src/l")
+            os.mkdir("src/l")
+        return st
+    backup.source.lstat = lstat_then_swap  # type: ignore[assignment]
+    backup.run(iter([b"src", b"src/l"]))
+    assert reporter.stream.getvalue() == \
+        "backshift: src/l: changed during backup (no longer a symlink); not saved\n"

@@ -28,8 +28,7 @@ from backshift.pipeline import ReadAhead
 from backshift.records import FLAG_INLINE, KIND_DIR, KIND_FILE
 from backshift.savedir import SaveDir
 from backshift.sourcefs import ParentCache
-from backshift.tarout import TarWriter, produce_tar
-from backshift.tree import TreeReader
+from backshift.tarout import produce_tar
 from helpers import (HOURS_AGO_2, KIB, NO_SETTLE, SECRET, FedBackup, age_files, all_stored_bytes,
                      object_digests, pack_of, restore, tree_entries, wait_until, write)
 
@@ -689,8 +688,7 @@ def test_identical_small_files_in_many_directories_restore_identically(savedir, 
     # writer's cache, each pack is read and decompressed exactly once.
     objects = CountingObjects(savedir, "test")
     out = io.BytesIO()
-    produce_tar(TreeReader(objects), SaveDir(savedir, "test").catalog.read(backup_id).root, b"",
-                TarWriter(out, objects))
+    produce_tar(objects, SaveDir(savedir, "test").catalog.read(backup_id).root, b"", out)
     assert sorted(digest for digest in objects.read if digest in packs) == sorted(packs)
     helpers.extract(out.getvalue(), str(tmp_path / "in-process"))
     helpers.assert_same_tree(str(src), str(tmp_path / "in-process" / "src"))

@@ -410,7 +410,7 @@ def test_unsafe_member_names_are_refused(tmp_path):
     objects = ObjectStore(str(tmp_path), "test")
     skipped = []
     out = io.BytesIO()
-    writer = TarWriter(out, objects, "pax", on_skip=lambda path, reason: skipped.append(path))
+    writer = TarWriter(out, objects.get, "pax", on_skip=lambda path, reason: skipped.append(path))
     entry = Entry(b"x", KIND_FILE, mode=0o644, size=3, inline=b"abc", flags=1)
     for path in (b"../escape", b"a/../../b", b"/etc/passwd", b"a//b", b"ok"):
         writer.add(path, entry)
@@ -418,7 +418,7 @@ def test_unsafe_member_names_are_refused(tmp_path):
     assert skipped == [b"../escape", b"a/../../b", b"/etc/passwd", b"a//b"]
     assert tarfile.open(fileobj=io.BytesIO(out.getvalue())).getnames() == ["ok"]
     with pytest.raises(TarFormatError):
-        TarWriter(io.BytesIO(), objects, "gnu").add(b"../x", entry)
+        TarWriter(io.BytesIO(), objects.get, "gnu").add(b"../x", entry)
 
 
 def test_huge_sizes_and_ids_in_each_format_header(tmp_path):
@@ -427,7 +427,7 @@ def test_huge_sizes_and_ids_in_each_format_header(tmp_path):
     entry = Entry(b"big", KIND_FILE, mode=0o600, uid=BIG_UID, gid=7, size=HUGE,
                   mtime_ns=-1_500_000_000, uname=b"u" * 40)
     for fmt in ("gnu", "pax"):
-        writer = TarWriter(io.BytesIO(), objects, fmt)
+        writer = TarWriter(io.BytesIO(), objects.get, fmt)
         header = writer._header(writer._member(b"big", entry))
         info = tarfile.open(fileobj=io.BytesIO(header + bytes(1024)), mode="r:").next()
         assert (info.size, info.uid, info.gid) == (HUGE, BIG_UID, 7), fmt
@@ -437,7 +437,7 @@ def test_huge_sizes_and_ids_in_each_format_header(tmp_path):
     sparse = Entry(b"s", KIND_FILE, size=HUGE, flags=FLAG_SPARSE,
                    extras={SPARSE_KEY: encode_extents([(i * GIB, 10) for i in range(9)])})
     with pytest.raises(TarFormatError):
-        TarWriter(io.BytesIO(), objects, "ustar").add(b"s", sparse)
+        TarWriter(io.BytesIO(), objects.get, "ustar").add(b"s", sparse)
 
 
 def test_pypy_finds_holes_and_attributes_too(tmp_path):
