@@ -29,6 +29,7 @@ from .catalog import STATE_COMPLETE, STATE_FAILED, BackupRecord, make_backup_id,
 from .checkpoint import Checkpointer
 from .chunking import DATA_PARAMS, METADATA_PARAMS, Chunker
 from .compression import CompressionSpec, Compressor
+from .contentindex import ContentIndex
 from .dirstack import A_DIRECTORY, NEW, DirStack
 from .earlier import PreviousDir, choose_previous, same_entry, unchanged
 from .filesaver import FileSaver
@@ -103,12 +104,15 @@ class Backup:
         self.checkpoints = Checkpointer(options.checkpoint_interval, self.record,
                                         savedir.catalog, self.store, self._snapshot,
                                         self._update)
+        previous = choose_previous(savedir.catalog.records(), options.hostname, options.subset)
+        moved = ContentIndex(TreeReader(savedir.objects), previous[0].root or []) \
+            if previous else None
         self.files = FileSaver(self.source, self.store, compressor, Chunker(DATA_PARAMS),
                                self.packer, self.metadata, self.reporter, self.record,
                                self.readahead, self.checkpoints, options.inline_max,
-                               options.pack_file_max, options.inode_check, options.settle_ns)
+                               options.pack_file_max, options.inode_check, options.settle_ns,
+                               moved)
         reader = TreeReader(self.records)
-        previous = choose_previous(savedir.catalog.records(), options.hostname, options.subset)
         self.stack = DirStack(self.builder,
                               PreviousDir.of_root(reader, previous, self.records.prefetch),
                               TreeReader(savedir.objects), self._stored_fragments)
@@ -131,6 +135,8 @@ class Backup:
             if first is None:
                 raise InputError("the input names no path; nothing recorded")
             self.savedir.catalog.write(self.record)
+            # Checkpoints go on while the input keeps the backup waiting.
+            self.readahead.on_wait = self.checkpoints.on_wait
             for path in itertools.chain((first,), given):
                 self._save_path(path)
                 self.checkpoints.tick()

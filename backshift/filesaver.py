@@ -17,6 +17,7 @@ from .catalog import BackupRecord
 from .checkpoint import Checkpointer
 from .chunking import Chunker
 from .compression import Compressor
+from .contentindex import ContentIndex
 from .earlier import PreviousDir, unchanged
 from .metadata import Metadata, copy_xattrs
 from .objectstore import ObjectStore, digest_of
@@ -36,7 +37,7 @@ class FileSaver:
                  chunker: Chunker, packer: Packer, metadata: Metadata, reporter: Reporter,
                  record: BackupRecord, readahead: ReadAhead, checkpoints: Checkpointer,
                  inline_max: int, pack_file_max: int, inode_check: bool,
-                 settle_ns: int) -> None:
+                 settle_ns: int, moved: Optional[ContentIndex] = None) -> None:
         self._source = source
         self._store = store
         self._objects: ObjectStore = store.objects
@@ -52,6 +53,7 @@ class FileSaver:
         self._pack_file_max = pack_file_max
         self._inode_check = inode_check
         self._settle_ns = settle_ns
+        self._moved = moved  # small files of the last backup by content
         # First link saved of each multiply linked file, with how many of
         # its links are still to come: forgotten once all were met, so the
         # map holds only files whose links are still ahead.
@@ -189,12 +191,22 @@ class FileSaver:
         for earlier, _started_ns in previous.get(entry.name) if previous else ():
             if (earlier.flags & FLAG_PACKED and earlier.content_digest == key
                     and earlier.size == len(content) and earlier.chunks
-                    and self._objects.touch(earlier.chunks[0][0])):
-                entry.flags |= FLAG_PACKED
-                entry.chunks, entry.offset = list(earlier.chunks), earlier.offset
-                entry.content_digest = key
+                    and self._point_into(entry, earlier.chunks[0], earlier.offset, key)):
                 return
+        # A file moved from elsewhere in the earlier backup is found by content.
+        found = self._moved.find(key, len(content)) if self._moved is not None else None
+        if found is not None and self._point_into(entry, found[0], found[1], key):
+            return
         self._packer.add(entry, content, key)  # pending until the pack is cut
+
+    def _point_into(self, entry: Entry, pack: ChunkRef, offset: int, key: bytes) -> bool:
+        """Make ``entry`` refer to its content in an earlier pack, if the pack is still there."""
+        if not self._objects.touch(pack[0]):
+            return False
+        entry.flags |= FLAG_PACKED
+        entry.chunks, entry.offset = [pack], offset
+        entry.content_digest = key
+        return True
 
     def _check_unchanged(self, path: bytes, source: SourceFile) -> None:
         if source.changed_while_read():

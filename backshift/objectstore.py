@@ -19,7 +19,7 @@ import hashlib
 import os
 import struct
 import threading
-from typing import Callable, Iterator, List, Optional, Protocol, Set, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Protocol, Set, Tuple
 
 from .atomic import TEMP_PREFIX, drop_from_cache, fsync_directory, write_file_atomically
 from .compression import CODEC_NAMES, CODEC_NONE, CODEC_XZ, Compressor, decompress
@@ -36,6 +36,24 @@ KNOWN_LIMIT = 200_000
 
 # The last two bytes of every xz stream (its footer's magic).
 XZ_FOOTER_MAGIC = b"YZ"
+
+
+# An object directory is listed, and its names kept, only while it is
+# this small: memory stays under a few MB, and a large repository's
+# directories are not read whole for the few objects a backup adds.
+LISTING_DIR_BYTES = 16 * 1024
+LISTING_MAX = 512
+
+
+def _small_listing(directory: str) -> Optional[Set[str]]:
+    """The names in ``directory`` if it is small, else None."""
+    try:
+        if os.stat(directory).st_size > LISTING_DIR_BYTES:
+            return None
+        names = os.listdir(directory)
+    except OSError:
+        return None
+    return set(names) if len(names) <= LISTING_MAX else None
 
 
 class ObjectError(Exception):
@@ -92,6 +110,9 @@ class ObjectStore:
         self.durable = durable
         self._known: Set[bytes] = set()
         self._dirty_dirs: Set[str] = set()
+        # Names in each small object directory, listed once (_listed_absent);
+        # None for a directory too large to keep its names.
+        self._listings: Dict[str, Optional[Set[str]]] = {}
         self.objects_written = 0
         self.bytes_written = 0
         # put() may run in several threads at once (pipeline.py).
@@ -134,11 +155,30 @@ class ObjectStore:
         """Store ``data`` unless already present; return its digest."""
         if digest is None:
             digest = digest_of(data)
-        if self.touch(digest):
+        if not self._listed_absent(digest) and self.touch(digest):
             return digest
         codec, payload = compressor.compress(data)
         self.put_encoded(digest, codec, len(data), payload)
         return digest
+
+    def _listed_absent(self, digest: bytes) -> bool:
+        """Is the object surely new, by a listing of its (small) directory?
+
+        A save directory's first backups write mostly new objects, and on a
+        network file system the failed ``utime`` that finds each one new is
+        a round trip.  A small object directory is listed once instead (one
+        round trip for all its names).  A listing that is stale (another
+        writer stored the object since) only makes this writer store the
+        same bytes again, which is success (FORMAT.md, "Writing rule").
+        """
+        hexdigest = digest.hex()
+        prefix = hexdigest[:2]
+        if prefix not in self._listings:
+            listing = _small_listing(os.path.join(self.root, prefix))
+            with self._lock:
+                self._listings.setdefault(prefix, listing)
+        names = self._listings[prefix]
+        return names is not None and hexdigest not in names
 
     def put_encoded(self, digest: bytes, codec: int, length: int, payload: bytes) -> None:
         """Write an already compressed object (the caller computed digest and payload)."""
@@ -148,6 +188,11 @@ class ObjectStore:
                               self.durable)
         with self._lock:
             self._dirty_dirs.add(directory)
+            names = self._listings.get(digest.hex()[:2])
+            if names is not None:
+                names.add(digest.hex())
+                if len(names) > LISTING_MAX:
+                    self._listings[digest.hex()[:2]] = None
             self.objects_written += 1
             self.bytes_written += len(payload) + OBJECT_HEADER.size
         self._remember(digest)
