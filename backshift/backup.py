@@ -135,6 +135,8 @@ class Backup:
             if first is None:
                 raise InputError("the input names no path; nothing recorded")
             self.savedir.catalog.write(self.record)
+            # Checkpoints go on while the input keeps the backup waiting.
+            self.readahead.on_wait = self.checkpoints.on_wait
             for path in itertools.chain((first,), given):
                 self._save_path(path)
                 self.checkpoints.tick()

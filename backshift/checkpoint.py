@@ -69,10 +69,16 @@ class Checkpointer:
             root, self._waiting = self._waiting, None
             self._publish(root)
         elif self._due():
-            self._publish(self._record.root)
+            self._refresh()
 
     def _due(self) -> bool:
         return time.monotonic() - self._published_at >= self._interval
+
+    def _refresh(self) -> None:
+        """Write the record again with the last tree published: a heartbeat, not a
+        checkpoint (``checkpoints`` counts trees published)."""
+        self._catalog.write(self._record)
+        self._published_at = time.monotonic()
 
     def _publish(self, root: Optional[List[ChunkRef]]) -> None:
         self._store.objects.sync()  # the renames of the objects it names are durable

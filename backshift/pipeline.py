@@ -121,9 +121,14 @@ class StorePipeline:
 
     @property
     def written_through(self) -> int:
-        """How many objects, counted from the first handed over, are all written."""
-        for _future, _size, number in self._pending.values():
-            return number
+        """How many objects, counted from the first handed over, are all written.
+
+        Looks past those written but not yet collected (nothing collects
+        them while the backup waits for input): a failed write stops it.
+        """
+        for future, _size, number in self._pending.values():
+            if not future.done() or future.exception() is not None:
+                return number
         return self.submitted
 
     def _reap(self) -> None:
@@ -330,6 +335,9 @@ class ReadAhead:
         self._last_read = 0  # index of the last path whose content the backup read
         self._threads: List[threading.Thread] = []
         self._stop = threading.Event()
+        # Called every WAIT_TICK seconds while the backup waits for input
+        # (behind a slow find, its checkpoints must go on meanwhile).
+        self.on_wait: Optional[Callable[[], None]] = None
 
     @property
     def _reading(self) -> bool:
@@ -355,7 +363,7 @@ class ReadAhead:
                 thread.start()
                 self._threads.append(thread)
             while True:
-                for item in feed.take_all():
+                for item in feed.take_all(self.on_wait):
                     if item is _END:
                         return
                     if isinstance(item, BaseException):
@@ -446,13 +454,18 @@ class _Feed:
             self._changed.notify()
         return True
 
-    def take_all(self) -> List[object]:
-        """Everything handed over and not yet taken, waiting for at least one item."""
-        with self._changed:
-            while not self._items:
-                self._changed.wait()
-            items = [item for item, _paths in self._items]
-            self._items.clear()
-            self._waiting = 0
-            self._changed.notify()
-        return items
+    def take_all(self, on_wait: Optional[Callable[[], None]] = None) -> List[object]:
+        """Everything handed over and not yet taken, waiting for at least one item
+        (calling ``on_wait`` every WAIT_TICK seconds meanwhile, if given)."""
+        while True:
+            with self._changed:
+                if not self._items:
+                    self._changed.wait(None if on_wait is None else WAIT_TICK)
+                if self._items:
+                    items = [item for item, _paths in self._items]
+                    self._items.clear()
+                    self._waiting = 0
+                    self._changed.notify()
+                    return items
+            if on_wait is not None:
+                on_wait()  # outside the lock: the input thread goes on meanwhile

@@ -320,11 +320,14 @@ def test_produce_tar_refuses_a_terminal_as_its_output(tmp_path, savedir):
 
 
 def test_interrupt_is_one_line(tmp_path, savedir):
-    # As soon as its record is written (it then waits for paths on stdin);
+    (tmp_path / "src").mkdir()
+    # As soon as its record is written (after the first path; it then waits
+    # for more on stdin);
     # a few times, as the moment varies: once the input reader's threads
     # started half way, one was left waiting and the process never ended.
     for _ in range(3):
         running = helpers.FedBackup(savedir, tmp_path, subset="int")
+        running.feed(b"src\0")
         running.wait_started()
         running.proc.send_signal(signal.SIGINT)
         _out, err = running.proc.communicate(timeout=60)

@@ -354,20 +354,21 @@ def test_expire_in_a_loop_while_three_backups_run(tmp_path, savedir):
         except Exception as exc:  # reported by the main thread
             failures.append((host, repr(exc)))
 
-    # Garbage for the first expire, whatever the threads' timing: a backup
-    # of its own subset and content, its objects unused for two hours.
+    # Garbage for the first expire, whatever the threads' timing: objects
+    # of a deleted backup, content of its own, unused for two hours.
     gone = tmp_path / "gone"
     gone.mkdir()
     (gone / "unique.bin").write_bytes(os.urandom(300 * 1024))
-    helpers.backup(savedir, "gone", subset="x", cwd=str(tmp_path))
+    helpers.run_ok(["--save-directory", savedir, "--delete-backup",
+                    helpers.backup(savedir, "gone", subset="x", cwd=str(tmp_path))])
     age_files(os.path.join(savedir, "objects"), HOURS_AGO_2)
     threads = [threading.Thread(target=worker, args=(host,)) for host in HOSTS]
     for thread in threads:
         thread.start()
     # Never all of them at once: some backups must remain to be restored.
-    settings = [["--keep-within", "0s", "--subset", "x"], ["--keep-last", "1"],
-                ["--keep-last", "2"], ["--keep-within", "0s", "--hostname", "h3"],
-                ["--keep-last", "1", "--hostname", "h2"]]
+    settings = [["--keep-last", "1"], ["--keep-last", "2"],
+                ["--keep-within", "0s", "--hostname", "h3"],
+                ["--keep-last", "1", "--hostname", "h2"], ["--keep-within", "0s", "--subset", "x"]]
     runs = objects_removed = backups_removed = 0
     try:
         while runs == 0 or any(thread.is_alive() for thread in threads):

@@ -8,6 +8,7 @@ taken when something about a file changed: each change below is one that
 keeps the size (and, where it can, the mtime) and must still show.
 """
 
+import datetime
 import io
 import os
 import random
@@ -151,10 +152,22 @@ def test_rebackup_after_changes_that_keep_sizes_restores_exactly(savedir, tmp_pa
     assert b" 12345/12345 " not in listed_line(listing(savedir, first_id), b"src/chown")
 
     # --no-inode-check: what was settled is reused; what changed just before
-    # the second backup began (inside its 2 s guard) and one file touched
-    # now are read again.
+    # the second backup began (inside its guard) and one file touched now
+    # are read again.  The guard is chosen between the last change made
+    # before the first backup and the first change made for the second.
+    def last_change(name: str) -> int:
+        st = os.lstat(str(src / name))
+        return max(st.st_mtime_ns, st.st_ctime_ns)
+    newest_settled = max(last_change(name) for name in regular if name not in changed)
+    oldest_changed = min(last_change(name) for name in changed)
+    assert newest_settled < oldest_changed
+    started = datetime.datetime.strptime(second["started"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc)
+    started_ns = int(started.timestamp()) * 10**9 + started.microsecond * 1000
+    guard = ["--settle-time", "%.6f" % ((started_ns - (newest_settled + oldest_changed) // 2) / 1e9)]
     subprocess.run(["touch", "-m", str(src / "same" / "s07")], check=True)
-    third_id = helpers.backup(savedir, "src", cwd=str(tmp_path), extra=["--no-inode-check"])
+    third_id = helpers.backup(savedir, "src", cwd=str(tmp_path),
+                              extra=["--no-inode-check"] + guard)
     third = helpers.read_record(savedir, third_id)
     again = changed + ["same/s07"]
     assert third["bytes_read"] == sum(sizes[name] for name in again)
