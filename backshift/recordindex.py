@@ -23,7 +23,7 @@ LARGE_RECORD = 1 << 20
 # Bytes of a large record's chunks kept decompressed for lookups: in find
 # order only the last one or two are used; in another order (randomize)
 # a record up to this size is read only once more.
-KEPT_BYTES = 8 << 20
+KEPT_BYTES = 4 << 20
 # Chunks of a record asked for ahead of reading it: its subdirectories'
 # first ones as they are met, the next ones of a large record as it is read.
 CHUNKS_AHEAD = 4
