@@ -10,7 +10,7 @@ import errno
 import io
 import os
 import sys
-from typing import BinaryIO, Iterable, List, Optional, Sequence
+from typing import BinaryIO, Iterable, Optional, Sequence
 
 from . import __version__
 from .backup import Backup, BackupOptions
@@ -487,12 +487,6 @@ def _diff(args: argparse.Namespace, savedir: SaveDir, stdout: BinaryIO, stderr) 
          on_change, on_damage)
     out.flush()
     return EXIT_PARTIAL if damaged[0] else EXIT_OK
-
-
-def _produce_tar(args, savedir: SaveDir, reader: TreeReader, record, start: bytes,
-                 stdout: BinaryIO, stderr) -> int:
-    def on_damage(path: bytes, reason: str) -> None:
-        stderr.write("backshift: %s: damaged: %s\n" % (os.fsdecode(path), reason))
 
 
 def _shown(path: bytes) -> str:

@@ -3,7 +3,6 @@
 import functools
 import hashlib
 import io
-import os
 import random
 
 import pytest
