@@ -70,7 +70,7 @@ class StorePipeline:
     """Stores objects from worker threads; ``put`` returns the digest at once.
 
     Has ``put`` with the signature of ``ObjectStore.put``, so code that
-    writes records (tree.RecordWriter) can be given either.
+    writes records (recordwriter.RecordWriter) can be given either.
     """
 
     def __init__(self, objects: ObjectStore, workers: Optional[int] = None,

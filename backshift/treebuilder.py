@@ -17,7 +17,7 @@ from .compression import Compressor
 from .earlier import PreviousDir
 from .objectstore import ObjectStore
 from .records import FLAG_IMPLICIT, FLAG_INLINE, KIND_DIR, ChunkRef, Entry
-from .tree import RecordWriter, store_top_record
+from .recordwriter import RecordWriter, store_top_record
 
 # Directory records up to this size are held in their directory's entry, in
 # the parent's record: most directories are small, and an object each would

@@ -18,7 +18,8 @@ from backshift.listing import list_backup
 from backshift.records import (FLAG_INLINE, FLAG_SPARSE, KIND_DIR, KIND_FILE, KIND_HARDLINK, KIND_SYMLINK,
                                Entry, encode_entry, record_header)
 from backshift.savedir import SaveDir
-from backshift.tree import TreeReader, entry_chunks, store_top_record
+from backshift.recordwriter import store_top_record
+from backshift.tree import TreeReader, entry_chunks
 
 RAW = Compressor(CompressionSpec.parse("none"))
 PWNED = b"written by a hostile record\n"
@@ -287,7 +288,7 @@ def test_a_directory_record_past_its_streaming_flush_walks_whole():
     """RecordWriter flushes chunks as a record passes 2 * 256 KiB; the walker
     reads such a record chunk by chunk, entries straddling chunks."""
     from backshift.chunking import METADATA_PARAMS, Chunker
-    from backshift.tree import RecordWriter
+    from backshift.recordwriter import RecordWriter
     objects = helpers.MemoryObjects()
     writer = RecordWriter(objects, Chunker(METADATA_PARAMS), RAW)
     names = [b"file-%06d-%s" % (number, b"x" * (number % 40)) for number in range(12000)]
