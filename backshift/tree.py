@@ -116,16 +116,17 @@ def _with_metadata(fragments: List[Entry]) -> Entry:
 
 
 class _Directory:
-    """One directory open in a strict walk: its fragments and the first pass's verdicts.
+    """One directory open in a strict walk: its fragments, and the two passes over them.
 
     Records are read chunk by chunk, twice: the first pass keeps an 8-byte
     hash per name in a set while it runs (about 60 bytes an entry), then
     one byte per entry is left; the second pass yields the entries.
     """
 
-    __slots__ = ("path", "fragments", "kept", "counts", "verdicts", "merges", "rejected")
+    __slots__ = ("reader", "path", "fragments", "kept", "counts", "verdicts", "merges", "rejected")
 
-    def __init__(self, path: bytes, fragments: List[Entry]) -> None:
+    def __init__(self, reader: "TreeReader", path: bytes, fragments: List[Entry]) -> None:
+        self.reader = reader  # reads the chunks, and may look ahead (pipeline.py)
         self.path = path
         self.fragments = fragments
         # The chunks of each small record, read once for both passes.
@@ -135,6 +136,145 @@ class _Directory:
         # Entry index of a directory -> the later fragments merged into it.
         self.merges: Dict[int, List[Entry]] = {}
         self.rejected: Dict[int, Tuple[bytes, str]] = {}  # entry index -> (name, why)
+
+    def _spans(self, number: int) -> Iterator[Tuple[bytes, int]]:
+        """(buffer, offset) of each entry of a fragment's record, read chunk by chunk.
+
+        A record of up to KEEP_RECORD bytes is read once and kept for the
+        second pass; a larger one is read again."""
+        fragment = self.fragments[number]
+        if fragment.flags & FLAG_INLINE:
+            return entry_spans([fragment.inline or b""])
+        kept = self.kept[number]
+        if kept is not None:
+            self.kept[number] = None  # the second pass: its last use
+            return entry_spans(kept)
+        if sum(length for _digest, length in fragment.chunks) <= KEEP_RECORD:
+            kept = [self.reader.read_chunk(digest) for digest, _length in fragment.chunks]
+            self.kept[number] = kept
+            return entry_spans(kept)
+        return entry_spans(self.reader.read_chunk(digest) for digest, _length in fragment.chunks)
+
+    def judge(self, report: DamageHandler, top: bool) -> None:
+        """The first pass: which entries are accepted, merged into another, or rejected."""
+        names: Set[int] = set()          # hashes of the names of accepted non-directories
+        directories: Dict[int, int] = {}  # name hash -> entry index, of accepted directories
+        repeats: Set[int] = set()         # indexes of later entries of a name already used
+        index = 0
+        for number in range(len(self.fragments)):
+            count = 0
+            try:
+                for buf, offset in self._spans(number):
+                    _end, kind, flags, name = entry_head(buf, offset)
+                    if top:
+                        problem = _top_problem(name, kind, flags)
+                    elif (kind, flags) in _READABLE and name and b"/" not in name \
+                            and b"\0" not in name and name != b"." and name != b"..":
+                        problem = None  # the common case, tested at once
+                    else:
+                        problem = name_problem(name) or entry_problem(kind, flags)
+                    key = hash(name)
+                    verdict = _ACCEPT
+                    if problem is not None:
+                        verdict = _REJECTED
+                    elif key in directories:
+                        if kind == KIND_DIR:
+                            verdict, problem = self._merge(directories[key], buf, offset)
+                        else:
+                            verdict, problem = _REJECTED, _SECOND
+                    elif key in names:
+                        verdict = _REPEATED  # or rejected: _repeats decides
+                        repeats.add(index)
+                    elif kind == KIND_DIR:
+                        directories[key] = index
+                        if self.reader.looks_ahead and not flags & FLAG_INLINE:
+                            self._hint(buf, offset)
+                    else:
+                        names.add(key)
+                    if problem is not None:
+                        self.rejected[index] = (name, problem)
+                    self.verdicts.append(verdict)
+                    index += 1
+                    count += 1
+            except (ObjectError, RecordError) as exc:
+                report(self.path, "%s: %s" % ("the rest of this directory is lost" if count
+                                                    else "directory contents lost", _reason(exc)))
+            self.counts.append(count)
+        if repeats:
+            self._repeats(repeats)
+
+    def _merge(self, first: int, buf: bytes, offset: int) -> Tuple[int, Optional[str]]:
+        """Keep a later fragment of directory entry ``first``; its verdict and problem."""
+        try:
+            self.merges.setdefault(first, []).append(decode_entry(buf, offset)[0])
+        except RecordError as exc:
+            return _REJECTED, "a fragment that does not parse: %s" % exc
+        return _MERGED, None
+
+    def _hint(self, buf: bytes, offset: int) -> None:
+        try:
+            self.reader.will_read(decode_entry(buf, offset)[0])
+        except RecordError:
+            pass  # reported when the second pass reaches it
+
+    def _repeats(self, repeats: Set[int]) -> None:
+        """Which later non-directories of a name already used are exact repeats (harmless).
+
+        Only a directory with repeated names pays for this second look.
+        """
+        wanted: Set[bytes] = set()
+        for index, buf, offset in self._judged():
+            if index in repeats:
+                wanted.add(entry_head(buf, offset)[3])
+        first: Dict[bytes, bytes] = {}  # repeated name -> its first accepted entry's bytes
+        for index, buf, offset in self._judged():
+            name = entry_head(buf, offset)[3]
+            if name in wanted and self.verdicts[index] != _REJECTED:
+                encoded = buf[offset:offset + entry_length(buf, offset)]
+                if first.setdefault(name, encoded) != encoded and index in repeats:
+                    self.verdicts[index] = _REJECTED
+                    self.rejected[index] = (name, _SECOND)
+
+    def _judged(self, report: Optional[DamageHandler] = None) -> Iterator[Tuple[int, bytes, int]]:
+        """(index, buffer, offset) of each entry the first pass read, reading the records again."""
+        index = 0
+        for number, count in enumerate(self.counts):
+            start = index
+            if not count:
+                continue
+            try:
+                for buf, offset in self._spans(number):
+                    if index == start + count:
+                        break
+                    yield index, buf, offset
+                    index += 1
+            except (ObjectError, RecordError) as exc:
+                # Past the entries the first pass read it was reported then;
+                # before them, the record changed since (a vanished object).
+                if report is not None and index < start + count:
+                    report(self.path, "directory contents lost: %s" % _reason(exc))
+            index = start + count
+
+    def accepted(self, report: Optional[DamageHandler]) -> _Children:
+        """The second pass: (path, fragments) of each accepted entry, in stored order."""
+        for index, buf, offset in self._judged(report):
+            verdict = self.verdicts[index]
+            if verdict == _ACCEPT:
+                try:
+                    entry = decode_entry(buf, offset)[0]
+                except RecordError as exc:
+                    if report is not None:
+                        report(self.path, "an entry does not parse: %s" % exc)
+                    continue
+                path = join_path(self.path, entry.name)
+                if entry.kind == KIND_HARDLINK:
+                    _check_link(path, entry, report)
+                yield path, [entry] + self.merges.get(index, [])
+            elif verdict == _REJECTED and report is not None:
+                name, problem = self.rejected[index]
+                # An empty name is shown as the directory's path with a '/'.
+                report(join_path(self.path, name) if name
+                       else (self.path or b".") + b"/", problem)
 
 
 class TreeReader:
@@ -152,24 +292,6 @@ class TreeReader:
 
     def read_record(self, chunks: Sequence[ChunkRef]) -> bytes:
         return b"".join(self.read_chunk(digest) for digest, _length in chunks)
-
-    def _spans(self, directory: "_Directory", number: int) -> Iterator[Tuple[bytes, int]]:
-        """(buffer, offset) of each entry of a fragment's record, read chunk by chunk.
-
-        A record of up to KEEP_RECORD bytes is read once and kept for the
-        second pass; a larger one is read again."""
-        fragment = directory.fragments[number]
-        if fragment.flags & FLAG_INLINE:
-            return entry_spans([fragment.inline or b""])
-        kept = directory.kept[number]
-        if kept is not None:
-            directory.kept[number] = None  # the second pass: its last use
-            return entry_spans(kept)
-        if sum(length for _digest, length in fragment.chunks) <= KEEP_RECORD:
-            kept = [self.read_chunk(digest) for digest, _length in fragment.chunks]
-            directory.kept[number] = kept
-            return entry_spans(kept)
-        return entry_spans(self.read_chunk(digest) for digest, _length in fragment.chunks)
 
     def entries(self, chunks: Sequence[ChunkRef]) -> Iterator[Entry]:
         return iter_entries(self.read_record(chunks))
@@ -208,7 +330,7 @@ class TreeReader:
             if not current or current[0].kind != KIND_DIR:
                 return []
             directory = self._open(b"", current, report, None)
-            current = next((fragments for child, fragments in self._accepted(directory, None)
+            current = next((fragments for child, fragments in directory.accepted(None)
                             if fragments[0].name == name), []) if directory else []
         return current
 
@@ -285,14 +407,14 @@ class TreeReader:
                 report(b"", "the top record cannot be read: %s" % _reason(exc))
                 return []
         top = self._open(b"", [Entry(b"", KIND_DIR, chunks=list(root))], report, None, top=True)
-        return next((fragments for _path, fragments in self._accepted(top, report)), []) \
+        return next((fragments for _path, fragments in top.accepted(report)), []) \
             if top else []
 
     def _enter(self, stack: List[_Children], path: bytes, fragments: List[Entry],
                report: DamageHandler, seen: Optional[Set[bytes]]) -> None:
         directory = self._open(path, fragments, report, seen)
         if directory is not None:
-            stack.append(self._accepted(directory, report))
+            stack.append(directory.accepted(report))
 
     def _open(self, path: bytes, fragments: List[Entry], report: DamageHandler,
               seen: Optional[Set[bytes]], top: bool = False) -> Optional[_Directory]:
@@ -302,134 +424,9 @@ class TreeReader:
             if key in seen:
                 return None
             seen.add(key)
-        directory = _Directory(path, fragments)
-        self._judge(directory, report, top)
+        directory = _Directory(self, path, fragments)
+        directory.judge(report, top)
         return directory
-
-    def _judge(self, directory: _Directory, report: DamageHandler, top: bool) -> None:
-        """The first pass: which entries are accepted, merged into another, or rejected."""
-        names: Set[int] = set()          # hashes of the names of accepted non-directories
-        directories: Dict[int, int] = {}  # name hash -> entry index, of accepted directories
-        repeats: Set[int] = set()         # indexes of later entries of a name already used
-        index = 0
-        for number in range(len(directory.fragments)):
-            count = 0
-            try:
-                for buf, offset in self._spans(directory, number):
-                    _end, kind, flags, name = entry_head(buf, offset)
-                    if top:
-                        problem = _top_problem(name, kind, flags)
-                    elif (kind, flags) in _READABLE and name and b"/" not in name \
-                            and b"\0" not in name and name != b"." and name != b"..":
-                        problem = None  # the common case, tested at once
-                    else:
-                        problem = name_problem(name) or entry_problem(kind, flags)
-                    key = hash(name)
-                    verdict = _ACCEPT
-                    if problem is not None:
-                        verdict = _REJECTED
-                    elif key in directories:
-                        if kind == KIND_DIR:
-                            verdict, problem = self._merge(directory, directories[key], buf,
-                                                           offset)
-                        else:
-                            verdict, problem = _REJECTED, _SECOND
-                    elif key in names:
-                        verdict = _REPEATED  # or rejected: _repeats decides
-                        repeats.add(index)
-                    elif kind == KIND_DIR:
-                        directories[key] = index
-                        if self.looks_ahead and not flags & FLAG_INLINE:
-                            self._hint(buf, offset)
-                    else:
-                        names.add(key)
-                    if problem is not None:
-                        directory.rejected[index] = (name, problem)
-                    directory.verdicts.append(verdict)
-                    index += 1
-                    count += 1
-            except (ObjectError, RecordError) as exc:
-                report(directory.path, "%s: %s" % ("the rest of this directory is lost" if count
-                                                    else "directory contents lost", _reason(exc)))
-            directory.counts.append(count)
-        if repeats:
-            self._repeats(directory, repeats)
-
-    @staticmethod
-    def _merge(directory: _Directory, first: int, buf: bytes,
-               offset: int) -> Tuple[int, Optional[str]]:
-        """Keep a later fragment of directory entry ``first``; its verdict and problem."""
-        try:
-            directory.merges.setdefault(first, []).append(decode_entry(buf, offset)[0])
-        except RecordError as exc:
-            return _REJECTED, "a fragment that does not parse: %s" % exc
-        return _MERGED, None
-
-    def _hint(self, buf: bytes, offset: int) -> None:
-        try:
-            self.will_read(decode_entry(buf, offset)[0])
-        except RecordError:
-            pass  # reported when the second pass reaches it
-
-    def _repeats(self, directory: _Directory, repeats: Set[int]) -> None:
-        """Which later non-directories of a name already used are exact repeats (harmless).
-
-        Only a directory with repeated names pays for this second look.
-        """
-        wanted: Set[bytes] = set()
-        for index, buf, offset in self._judged(directory):
-            if index in repeats:
-                wanted.add(entry_head(buf, offset)[3])
-        first: Dict[bytes, bytes] = {}  # repeated name -> its first accepted entry's bytes
-        for index, buf, offset in self._judged(directory):
-            name = entry_head(buf, offset)[3]
-            if name in wanted and directory.verdicts[index] != _REJECTED:
-                encoded = buf[offset:offset + entry_length(buf, offset)]
-                if first.setdefault(name, encoded) != encoded and index in repeats:
-                    directory.verdicts[index] = _REJECTED
-                    directory.rejected[index] = (name, _SECOND)
-
-    def _judged(self, directory: _Directory,
-                report: Optional[DamageHandler] = None) -> Iterator[Tuple[int, bytes, int]]:
-        """(index, buffer, offset) of each entry the first pass read, reading the records again."""
-        index = 0
-        for number, count in enumerate(directory.counts):
-            start = index
-            if not count:
-                continue
-            try:
-                for buf, offset in self._spans(directory, number):
-                    if index == start + count:
-                        break
-                    yield index, buf, offset
-                    index += 1
-            except (ObjectError, RecordError) as exc:
-                # Past the entries the first pass read it was reported then;
-                # before them, the record changed since (a vanished object).
-                if report is not None and index < start + count:
-                    report(directory.path, "directory contents lost: %s" % _reason(exc))
-            index = start + count
-
-    def _accepted(self, directory: _Directory, report: Optional[DamageHandler]) -> _Children:
-        """The second pass: (path, fragments) of each accepted entry, in stored order."""
-        for index, buf, offset in self._judged(directory, report):
-            verdict = directory.verdicts[index]
-            if verdict == _ACCEPT:
-                try:
-                    entry = decode_entry(buf, offset)[0]
-                except RecordError as exc:
-                    if report is not None:
-                        report(directory.path, "an entry does not parse: %s" % exc)
-                    continue
-                path = join_path(directory.path, entry.name)
-                if entry.kind == KIND_HARDLINK:
-                    _check_link(path, entry, report)
-                yield path, [entry] + directory.merges.get(index, [])
-            elif verdict == _REJECTED and report is not None:
-                name, problem = directory.rejected[index]
-                # An empty name is shown as the directory's path with a '/'.
-                report(join_path(directory.path, name) if name
-                       else (directory.path or b".") + b"/", problem)
 
     # -- the loose walk (expiry's marking) -------------------------------------
 
