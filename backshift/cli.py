@@ -360,25 +360,20 @@ def _run(args: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, stderr) ->
                          "up to its last checkpoint\n" % record.backup_id)
         start = os.fsencode(args.starting_directory or "")
         reader = TreeReader(savedir.objects)
-        damaged = []
-
-        def on_damage(path: bytes, reason: str) -> None:
-            # Named, skipped, exit 1: the rest of the backup is still worth having.
-            damaged.append(path)
-            stderr.write("backshift: %s: damaged: %s\n" % (_shown(path), reason))
-
+        # Damage is named, skipped, exit 1: the rest of the backup is still worth having.
+        on_damage, damaged = _damage_reporter(stderr)
         if args.starting_directory and not reader.lookup(record.root, start, on_damage):
             raise CatalogError("%s: not in backup %s" % (args.starting_directory,
                                                            record.backup_id))
         if action == "produce_tar":
             status = _produce_tar(args, savedir, record, start, stdout, stderr, on_damage)
-            return EXIT_PARTIAL if damaged else status
+            return EXIT_PARTIAL if damaged[0] else status
         out = io.BufferedWriter(_Unclosable(stdout), 1 << 16)
         list_backup(reader, record.root, start, out, simply=action == "list_backup_simply",
                     recursive=not args.nonrecursive, as_json=args.json,
                     on_damage=on_damage)
         out.flush()
-        return EXIT_PARTIAL if damaged else EXIT_OK
+        return EXIT_PARTIAL if damaged[0] else EXIT_OK
     if action == "expire":
         from .expiry import run_expire
         policy = Policy(args.keep_last, args.keep_hourly, args.keep_daily, args.keep_weekly,
@@ -448,7 +443,7 @@ def _chosen_record(savedir: SaveDir, args: argparse.Namespace, backup_id: str) -
 
 
 def _damage_reporter(stderr):
-    """An on_damage handler writing one line per damaged directory, and its count."""
+    """An on_damage handler writing one line per damage found, and its count."""
     count = [0]
 
     def on_damage(path: bytes, reason: str) -> None:
