@@ -3,12 +3,11 @@
 import os
 import pty
 import re
-import select
 import subprocess
 import time
 
 from helpers import (BACKSHIFT, RANDOMIZE, assert_same_tree, extract, find_print0, list_ids,
-                     produce_tar, read_record, run, wait_until)
+                     produce_tar, read_record, read_terminal, run, wait_until)
 
 
 def make_tree(top: str, files: int = 200) -> None:
@@ -48,19 +47,7 @@ def test_progress_by_default_on_a_terminal_only(savedir, tmp_path):
     os.close(slave)
     proc.stdin.write(paths)
     proc.stdin.close()
-    shown = b""
-    while True:
-        ready, _, _ = select.select([master], [], [], 60)
-        if not ready:
-            break
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # the terminal's last writer has gone
-            break
-        if not data:
-            break
-        shown += data
-    os.close(master)
+    shown = b"".join(data for _when, data in read_terminal(master, timeout=60))
     assert proc.wait(timeout=60) == 0
     elapsed = time.monotonic() - started
     assert b"paths to back up" in shown and b"%" in shown and b"ETA" in shown, shown
