@@ -70,26 +70,22 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (a count of things to show)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a whole number" % text) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1, not %s" % text)
-    return value
+def _whole_number(least: int):
+    """An argparse type: a whole number of at least ``least``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("%r is not a whole number" % text) from None
+        if value < least:
+            raise argparse.ArgumentTypeError("must be at least %d, not %s" % (least, text))
+        return value
+    return parse
 
 
-def _count(text: str) -> int:
-    """An argparse type: a whole number of at least 0 (0: the rule is off)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a whole number" % text) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative, not %s" % text)
-    return value
+# A count of things to show; a count of buckets to keep (0: the rule is off).
+_positive_int = _whole_number(1)
+_count = _whole_number(0)
 
 
 def _duration(text: str) -> float:
