@@ -135,8 +135,9 @@ class Backup:
             if first is None:
                 raise InputError("the input names no path; nothing recorded")
             self.savedir.catalog.write(self.record)
-            # Checkpoints go on while the input keeps the backup waiting.
-            self.readahead.on_wait = self.checkpoints.on_wait
+            # Checkpoints go on while the input keeps the backup waiting: that
+            # wait is between paths, where the tree may be snapshotted too.
+            self.readahead.on_wait = self.checkpoints.tick
             for path in itertools.chain((first,), given):
                 self._save_path(path)
                 self.checkpoints.tick()
