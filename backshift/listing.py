@@ -7,6 +7,7 @@ Every line format and the JSON encoding of backups and entries are here, so
 import base64
 import datetime
 import json
+import re
 import time
 from typing import Any, BinaryIO, Dict, Optional, Sequence, Tuple
 
@@ -18,13 +19,17 @@ from .report import human_bytes, human_duration
 from .tree import DamageHandler, TreeReader
 
 
+# Printable ASCII but the backslash: a name that needs no escape (the common case).
+_PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7e]*").fullmatch
+
+
 def quote_name(name: bytes) -> bytes:
     """A name safe for one line of output, escaped as GNU tar's default style.
 
     Control characters and backslashes become C escapes; bytes that are not
     valid UTF-8 become octal escapes; everything else is kept as is.
     """
-    if name.isascii() and not any(byte < 32 or byte in (92, 127) for byte in name):
+    if _PLAIN(name):
         return name
     text = name.decode("utf-8", "surrogateescape")
     out = []

@@ -279,29 +279,63 @@ def entry_spans(pieces: Iterable[bytes]) -> Iterator[Tuple[bytes, int]]:
     so a directory of any size is read in bounded memory.  The buffer holds
     the whole entry at the offset (decode_entry or RawEntry parse it).
     """
-    buf = b""
-    pos = 0
-    started = False
+    record = RecordPieces()
     for piece in pieces:
-        buf = buf[pos:] + piece if pos < len(buf) else piece
+        yield from record.spans(piece)
+    record.finish()
+
+
+class RecordPieces:
+    """A record read piece by piece: the entries each piece completes.
+
+    What is carried from one piece to the next (whether the header was
+    read, and the start of an entry that straddles into the next piece) is
+    ``state``: the same state and the same piece always give the same
+    entries and the same next state, so a reader may remember what a piece
+    held and skip it, by its digest, when a later record has it too.
+    """
+
+    __slots__ = ("started", "rest")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.rest = b""
+
+    @property
+    def state(self) -> Tuple[bool, bytes]:
+        return self.started, self.rest
+
+    @state.setter
+    def state(self, value: Tuple[bool, bytes]) -> None:
+        self.started, self.rest = value
+
+    def spans(self, piece: bytes) -> Iterator[Tuple[bytes, int]]:
+        """(buffer, offset) of each entry that ends in ``piece``, the next piece."""
+        buf = self.rest + piece if self.rest else piece
         pos = 0
-        if not started:
+        if not self.started:
             if len(buf) < RECORD_HEADER.size:
-                continue
+                self.rest = buf
+                return
             pos = check_record_header(buf)
-            started = True
-        while len(buf) - pos >= _LEN.size:
+            self.started = True
+        length = len(buf)
+        while length - pos >= _LEN.size:
             (total,) = _LEN.unpack_from(buf, pos)
             if total < _FIXED.size:
                 raise RecordError("entry claims %d bytes" % total)
-            if pos + total > len(buf):
+            if pos + total > length:
                 break
             yield buf, pos
             pos += total
-    if not started:
-        check_record_header(buf)
-    if pos < len(buf):
-        raise RecordError("truncated entry at the end of the record")
+        self.rest = buf[pos:] if pos < length else b""
+
+    def finish(self) -> None:
+        """Check that the record ended where an entry did."""
+        if not self.started:
+            check_record_header(self.rest)
+        if self.rest:
+            raise RecordError("truncated entry at the end of the record")
 
 
 class RawEntry:

@@ -6,6 +6,7 @@ records they read.
 """
 
 import base64
+import fnmatch
 import json
 import os
 import pty
@@ -133,6 +134,66 @@ def test_find_reads_a_directory_record_once_for_many_backups(savedir, tmp_path):
     thrice = find(reader, records, b"*/f1*", b"", lambda *match: matches.append(match))
     assert once.records_read == thrice.records_read > 5
     assert len(matches) == 4 * 10
+
+
+class CountingReader(TreeReader):
+    """Counts the objects of directory records it reads."""
+
+    chunks_read = 0
+
+    def read_chunk(self, digest: bytes) -> bytes:
+        self.chunks_read += 1
+        return super().read_chunk(digest)
+
+
+def _found(reader, records, pattern: bytes) -> list:
+    matches = []
+    find(reader, records, pattern, b"",
+         lambda record, path, entry: matches.append((record.backup_id, path, entry.kind,
+                                                     entry.size, entry.mtime_ns)))
+    return matches
+
+
+def test_find_reads_only_the_changed_chunks_of_a_big_directory(savedir, tmp_path):
+    # 3,000 entries with long names: a record of many chunks.  Each later
+    # backup changes one file, so its record differs from the earlier one
+    # in a chunk or two; only those are read again.
+    big = tmp_path / "src" / "big"
+    big.mkdir(parents=True)
+    names = ["f%04d-%s" % (number, "x" * 190) for number in range(3000)]
+    for number, name in enumerate(names):
+        (big / name).write_bytes(b"%d" % number)
+    _write(str(big / "sub" / "README"), b"read me\n")
+    ids = [helpers.backup(savedir, "src", cwd=str(tmp_path), extra=["--settle-time", "0"])]
+    for number in (700, 2500):
+        (big / names[number]).write_bytes(b"changed %d" % number)
+        ids.append(helpers.backup(savedir, "src", cwd=str(tmp_path),
+                                  extra=["--settle-time", "0"]))
+    records = Catalog(savedir, "test").records()
+    store = ObjectStore(savedir, "test")
+    big_chunks = len(TreeReader(store).lookup(records[0].root, b"src/big")[0].chunks)
+    assert big_chunks >= 8
+    reader = CountingReader(store)
+    _found(reader, records[:1], b"*/f1*")
+    first = reader.chunks_read
+    _found(reader, records, b"*/f1*")
+    # Per later backup: the top record, src's and big's changed chunks.
+    assert reader.chunks_read - 2 * first <= 2 * 5, (reader.chunks_read, first, big_chunks)
+    # What was remembered of the unchanged chunks is what reading them finds:
+    # each backup searched alone, and every path of a full walk put through
+    # the same pattern.
+    for pattern in (b"*/f1*", b"*/README", b"*", b"/src/big/f07*"):
+        together = _found(TreeReader(store), records, pattern)
+        alone = [match for record in records
+                 for match in _found(TreeReader(store), [record], pattern)]
+        walked = [(record.backup_id, path, entry.kind, entry.size, entry.mtime_ns)
+                  for record in records
+                  for path, entry in TreeReader(store).walk(record.root)
+                  if fnmatch.fnmatchcase(b"/" + path, pattern)]
+        assert together == alone == walked, pattern
+        assert together
+    changed = [match for match in _found(TreeReader(store), records, b"*/f0700-*")]
+    assert [size for _id, _path, _kind, size, _mtime in changed] == [3, 11, 11]
 
 
 def _diff_lines(savedir, old, new, *extra):
