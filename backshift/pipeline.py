@@ -40,6 +40,7 @@ import os
 import queue
 import stat
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -62,8 +63,16 @@ READAHEAD_BYTES = 1024 * 1024
 WAIT_TICK = 0.2
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on every system
+        return os.cpu_count() or 1
+
+
 def default_workers() -> int:
-    return (os.cpu_count() or 1) + EXTRA_IO_WORKERS
+    return usable_cpus() + EXTRA_IO_WORKERS
 
 
 class StorePipeline:
@@ -77,8 +86,9 @@ class StorePipeline:
                  max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.objects = objects
         self.max_bytes = max_bytes
-        self._pool = ThreadPoolExecutor(max_workers=workers or default_workers(),
-                                        thread_name_prefix="backshift-store")
+        workers = workers or default_workers()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backshift-store")
+        self.cores = min(workers, usable_cpus())  # how many workers compress at once
         # Objects handed over and not yet known to be written, oldest first,
         # with their sizes and numbers in the order handed over.
         self._pending: Dict[bytes, Tuple["Future[bytes]", int, int]] = {}
@@ -88,10 +98,13 @@ class StorePipeline:
         self.on_wait: Optional[Callable[[], None]] = None
         self._pending_bytes = 0
         self.peak_bytes = 0
-        # All bytes ever handed over, and those of them written: the
-        # progress report reads both from its own thread.
+        # All bytes ever handed over, and those of them written; the CPU
+        # time the workers spent on them; the time callers waited for room:
+        # the progress report reads these from its own thread.
         self.handed_bytes = 0
         self.written_bytes = 0
+        self.store_cpu = 0.0
+        self.waited = 0.0
         self._written_lock = threading.Lock()
         # ObjectStore.put writes a file only for an object not present
         # (else it touches it): what it wrote since we began is our growth.
@@ -112,12 +125,11 @@ class StorePipeline:
         self._reap()
         while self._pending and self._pending_bytes + len(data) > self.max_bytes:
             self._wait_oldest()
-        future = self._pool.submit(self.objects.put, data, compressor, digest)
+        future = self._pool.submit(self._store, data, compressor, digest)
         self._pending[digest] = (future, len(data), self.submitted)
         self.submitted += 1
         self._pending_bytes += len(data)
         self.handed_bytes += len(data)
-        future.add_done_callback(lambda _future, size=len(data): self._written(size))
         self.peak_bytes = max(self.peak_bytes, self._pending_bytes)
         return digest
 
@@ -126,9 +138,15 @@ class StorePipeline:
         """Objects handed over and not yet collected."""
         return len(self._pending)
 
-    def _written(self, size: int) -> None:
-        with self._written_lock:  # workers finish at the same time
-            self.written_bytes += size
+    def _store(self, data: bytes, compressor: Compressor, digest: bytes) -> bytes:
+        """A worker's task: store one object, and count it and the CPU time it took."""
+        started = time.thread_time()
+        try:
+            return self.objects.put(data, compressor, digest)
+        finally:
+            with self._written_lock:  # workers finish at the same time
+                self.written_bytes += len(data)
+                self.store_cpu += time.thread_time() - started
 
     @property
     def written_through(self) -> int:
@@ -153,9 +171,14 @@ class StorePipeline:
     def _wait_oldest(self) -> None:
         digest = next(iter(self._pending))
         future, size, _number = self._pending[digest]
-        if self.on_wait is not None:
-            while not wait([future], WAIT_TICK).done:
-                self.on_wait()
+        if not future.done():
+            started = time.monotonic()
+            if self.on_wait is not None:
+                while not wait([future], WAIT_TICK).done:
+                    self.on_wait()
+            else:
+                wait([future])
+            self.waited += time.monotonic() - started
         del self._pending[digest]
         self._pending_bytes -= size
         future.result()  # raises the worker's exception here

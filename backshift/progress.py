@@ -6,32 +6,30 @@ Levels:
   moderate  the path list is read first; percent and ETA assume every file
             takes the same time, as the seed's program did.
   full      the path list is read first and every path lstat'ed, so percent
-            and ETA weigh files by size: each file counts as its bytes plus
-            a fixed per-file cost (opening and recording a file costs about
-            as much as reading PER_FILE_BYTES of data).
-The ETA is the slower of two estimates, each at the pace of the last
-RATE_WINDOW seconds: reading what is left (bytes plus a cost per file), and
-compressing and writing what is left plus what is already queued for it
-(pipeline.StorePipeline counts what it was handed and what it has written,
-which also shows a big file's progress before the file is done).  So a run
-of small files at the start does not make the big ones look quick, and the
-end of a backup with slow compression is the queue draining, which the line
-says.  The percentage is the share of the run the ETA implies.  The line is
+            and ETA weigh files by size: each file costs its bytes and a
+            cost per file, both measured as the backup goes.
+The ETA is estimate.Estimator's: the reader's cost per file and per byte
+and the store's pace, each measured over the last seconds, run over the
+work left (at the full level, every file's size in input order) and over
+what is still queued for compression and writing (pipeline.StorePipeline
+counts what it was handed and what it has written, which also shows a big
+file's progress before the file is done).  So a run of small files at the
+start does not make the big ones look quick or slow, and the end of a
+backup with slow compression is the queue draining, which the line says.
+The percentage is the share of the run the ETA implies.  The line is
 redrawn every TICK_SECONDS by a thread of its own while anything goes on.
 """
 
-import collections
+import array
 import os
 import threading
 import time
-from typing import Callable, Deque, Iterable, Iterator, List, Optional, Protocol, TextIO, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Protocol, TextIO, Tuple
 
+from .estimate import Estimator, Sample, Work
 from .report import Reporter, StatusLine, human_bytes, human_duration
 
 LEVELS = ("none", "minimal", "moderate", "full")
-PER_FILE_BYTES = 64 * 1024
-RATE_WINDOW = 15.0
-STALL_FLOOR = 0.5
 TICK_SECONDS = 0.5
 QUEUE_SHOWN_BYTES = 1024 * 1024
 
@@ -43,14 +41,18 @@ class PathList:
     themselves; packed, 300,000 paths cost little more than their names.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, weigh: bool = False) -> None:
         self._buffer = bytearray()
         self.count = 0
+        # Weighed (the full level): the bytes of the paths so far, after each.
+        self.ends = array.array("Q") if weigh else None
 
-    def append(self, path: bytes) -> None:
+    def append(self, path: bytes, size: int = 0) -> None:
         self._buffer += path
         self._buffer += b"\0"
         self.count += 1
+        if self.ends is not None:
+            self.ends.append((self.ends[-1] if self.count > 1 else 0) + size)
 
     def __len__(self) -> int:
         return self.count
@@ -82,11 +84,10 @@ class ProgressReporter(Reporter):
         self.paths_read = 0
         self.total_files: Optional[int] = None
         self.total_bytes: Optional[int] = None
-        self._queued: Callable[[], int] = lambda: 0
-        self._read: Callable[[], int] = lambda: 0
+        self._work: Optional[Work] = None
+        self._store: Optional[StoreGauge] = None
+        self._estimator: Optional[Estimator] = None
         self._read_at_done = 0
-        # (time, reading work done, bytes written) of the last RATE_WINDOW seconds.
-        self._samples: Deque[Tuple[float, float, int]] = collections.deque()
         self._line = StatusLine(stream, enabled=True, clock=clock)
         self._lock = threading.Lock()  # the ticker and the backup both write
         self._stop = threading.Event()
@@ -98,8 +99,7 @@ class ProgressReporter(Reporter):
         """Follow the data through ``store`` (pipeline.StorePipeline): what it
         has been handed shows a big file's progress before the file is done;
         what it still holds is work left."""
-        self._queued = lambda: max(0, store.handed_bytes - store.written_bytes)
-        self._read = lambda: store.handed_bytes
+        self._store = store
 
     def inhale(self, paths: Iterable[bytes]) -> PathList:
         """Read the whole path list first (moderate and full levels).
@@ -107,27 +107,27 @@ class ProgressReporter(Reporter):
         At the full level every path is lstat'ed as it is read, so the
         estimate weighs files by size (stat is cheap next to reading).
         """
-        inhaled = PathList()
-        total = 0
         weigh = self.level == "full"
+        inhaled = PathList(weigh)
         for path in paths:
-            inhaled.append(path)
-            self.paths_read += 1
+            size = 0
             if weigh:
                 try:
                     st = os.lstat(path)
                 except OSError:
-                    continue
-                if st.st_mode & 0o170000 == 0o100000:
-                    total += st.st_size
+                    pass
+                else:
+                    if st.st_mode & 0o170000 == 0o100000:
+                        size = st.st_size
+            inhaled.append(path, size)
+            self.paths_read += 1
         with self._lock:
-            if weigh:
-                self.total_bytes = total
+            self._work = Work(len(inhaled), inhaled.ends)
+            self.total_bytes = self._work.total_bytes
             self.total_files = len(inhaled)
             self._line.clear()
             self.stream.write("backshift: %d paths to back up\n" % self.total_files)
             self.stream.flush()
-            self._samples.clear()
         return inhaled
 
     def note(self, path: bytes, reason: str) -> None:
@@ -138,57 +138,36 @@ class ProgressReporter(Reporter):
     def file_done(self, path: bytes, size: int) -> None:
         self.files_done += 1
         self.bytes_done += size
-        self._read_at_done = self._read()
+        self._read_at_done = self._handed()
+
+    def _handed(self) -> int:
+        return self._store.handed_bytes if self._store is not None else 0
+
+    def _queued(self) -> int:
+        store = self._store
+        return max(0, store.handed_bytes - store.written_bytes) if store is not None else 0
 
     def _bytes_progress(self) -> int:
         """Bytes of the files done, and of the file being read so far (roughly:
         what the store was handed since the last file was done)."""
-        return self.bytes_done + max(0, self._read() - self._read_at_done)
+        return self.bytes_done + max(0, self._handed() - self._read_at_done)
 
-    def _work(self, files: int, size: int) -> float:
-        """Reading work: bytes plus a per-file cost (files if sizes are unknown)."""
-        if self.total_bytes is None:
-            return float(files)
-        return size + files * PER_FILE_BYTES
-
-    def _rates(self, now: float, read: float, written: int) -> Tuple[float, float]:
-        """Reading work and bytes written per second, over the last RATE_WINDOW seconds."""
-        samples = self._samples
-        samples.append((now, read, written))
-        while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW:
-            samples.popleft()
-        then, read_then, written_then = samples[0]
-        if now <= then:
-            return 0.0, 0.0
-        # A pause (another program flushing the disk, say) must not make the
-        # ETA explode: never below a fraction of the whole run's average.
-        run = max(now - self.started, 1e-6)
-        return (max((read - read_then) / (now - then), STALL_FLOOR * read / run),
-                max((written - written_then) / (now - then), STALL_FLOOR * written / run))
-
-    def eta(self, now: float, queued: int) -> Optional[float]:
-        """Seconds left: the slower of reading what is left, and writing what is
-        left and what is queued, each at its pace over the last seconds."""
-        if self.total_files is None:
+    def eta(self, now: float) -> Optional[float]:
+        """Seconds left (None while unknown): see estimate.py."""
+        store = self._store
+        if self._work is None or store is None:
             return None
-        progress = self._bytes_progress()
-        read = self._work(self.files_done, progress)
-        written = max(0, progress - queued)
-        read_rate, write_rate = self._rates(now, read, written)
-        to_read = max(0.0, self._work(self.total_files, self.total_bytes or 0) - read)
-        to_write = max(0, (self.total_bytes or 0) - progress) + queued
-        if not to_read and not to_write:
-            return 0.0
-        estimates = []
-        if to_read:
-            estimates.append(to_read / read_rate if read_rate > 0 else None)
-        if to_write and self.total_bytes is not None:
-            estimates.append(to_write / write_rate if write_rate > 0 else None)
-        return None if None in estimates else max(estimates)  # type: ignore[type-var]
+        if self._estimator is None:
+            self._estimator = Estimator(self._work, store.cores, store.max_bytes)
+        written = store.written_bytes
+        self._estimator.add(Sample(now, self.files_done, self._bytes_progress(), written,
+                                   max(0, store.handed_bytes - written), store.waited,
+                                   store.store_cpu))
+        return self._estimator.seconds_left()
 
     def status_line(self, now: float) -> str:
         queued = self._queued()
-        eta = self.eta(now, queued)
+        eta = self.eta(now)
         if self.total_files is None and self.paths_read and self.files_done == 0:
             return "reading the path list: %d paths" % self.paths_read
         parts: List[str] = []
@@ -241,6 +220,10 @@ class StoreGauge(Protocol):
 
     handed_bytes: int
     written_bytes: int
+    waited: float      # seconds the backup waited for room in the queue
+    store_cpu: float   # CPU seconds the workers spent storing
+    cores: int         # CPUs the workers may use at once
+    max_bytes: int     # the queue's size
 
 
 def make_reporter(level: str, stream: TextIO) -> Tuple[Reporter, bool]:

@@ -2,13 +2,20 @@
 """How true the progress ETA is, on the worst case for a count-based one; prints numbers.
 
     python3 bench/bench_eta.py [--source /usr/share] [--megabytes 300] [--work DIR]
-        [--compression xz:1]
+        [--compression xz:1] [--small-share 0.1] [--in-order] [--lines]
 
 Builds a tree of real data taken from SOURCE: small files (copies of its
 files under 16 KiB, --small-share of the bytes, 10% by default) and big
 ones (its files run together into 24 MiB pieces, the rest), and backs it up with the small
 files first and the big ones last, standard error on a pseudo-terminal, so
-the progress report is on as for a person.  For each redraw it prints the
+the progress report is on as for a person.
+
+SOURCE's files are taken in a shuffled (seeded) order, so that each big
+piece is a sample of the whole: taken in directory order (--in-order), the
+pieces of /usr/share differ sevenfold in how fast xz -1 compresses them
+(2.4 MB/s for runs of gzipped man pages, 16 MB/s for text), and the time
+left depends on which pieces come last, which no estimate from the
+throughput so far can know.  For each redraw it prints the
 elapsed time, the ETA shown and the time that really remained; then, at
 25%, 50% and 75% of the run, whether the ETA shown was within 30% of the
 truth.
@@ -17,6 +24,7 @@ truth.
 import argparse
 import os
 import pty
+import random
 import re
 import select
 import shutil
@@ -24,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKSHIFT = [sys.executable, os.path.join(REPO, "bin", "backshift")]
@@ -33,16 +41,22 @@ BIG_SIZE = 24 * 1024 * 1024
 ETA = re.compile(rb"ETA (\d+):(\d\d):(\d\d)")
 
 
-def source_files(source: str) -> Iterator[str]:
+def source_files(source: str, in_order: bool) -> List[str]:
+    """SOURCE's regular files, in directory order or shuffled (always the same way)."""
+    files = []
     for where, dirs, names in os.walk(source):
         dirs.sort()
         for name in sorted(names):
             path = os.path.join(where, name)
             if os.path.isfile(path) and not os.path.islink(path):
-                yield path
+                files.append(path)
+    if not in_order:
+        random.Random(12).shuffle(files)
+    return files
 
 
-def build_tree(source: str, tree: str, total: int, share: float) -> List[bytes]:
+def build_tree(source: str, tree: str, total: int, share: float,
+               in_order: bool = False) -> List[bytes]:
     """Small files then big ones under ``tree``; the path list in that order."""
     small_dir, big_dir = os.path.join(tree, "small"), os.path.join(tree, "big")
     os.makedirs(small_dir)
@@ -52,7 +66,7 @@ def build_tree(source: str, tree: str, total: int, share: float) -> List[bytes]:
     big: List[str] = []
     pending = bytearray()
     small_total = int(total * share)
-    for path in source_files(source):
+    for path in source_files(source, in_order):
         try:
             with open(path, "rb") as handle:
                 data = handle.read()
@@ -80,9 +94,11 @@ def build_tree(source: str, tree: str, total: int, share: float) -> List[bytes]:
     return [os.fsencode(path) for path in paths + [big_dir] + big]
 
 
-def run(savedir: str, paths: List[bytes], compression: str) -> Tuple[List[Tuple[float, int]],
-                                                                      float]:
-    """(seconds since start, ETA shown) of each redraw, and the whole run's seconds."""
+Redraw = Tuple[float, int, str]  # seconds since the start, ETA shown, the whole line
+
+
+def run(savedir: str, paths: List[bytes], compression: str) -> Tuple[List[Redraw], float]:
+    """Each redraw that shows an ETA, and the whole run's seconds."""
     master, slave = pty.openpty()
     started = time.monotonic()
     proc = subprocess.Popen(BACKSHIFT + ["--save-directory", savedir, "--init-savedir",
@@ -92,7 +108,7 @@ def run(savedir: str, paths: List[bytes], compression: str) -> Tuple[List[Tuple[
     os.close(slave)
     proc.stdin.write(b"\0".join(paths) + b"\0")
     proc.stdin.close()
-    redraws: List[Tuple[float, int]] = []
+    redraws: List[Redraw] = []
     tail = b""
     while True:
         ready, _, _ = select.select([master], [], [], 600)
@@ -111,7 +127,8 @@ def run(savedir: str, paths: List[bytes], compression: str) -> Tuple[List[Tuple[
             found = ETA.search(line)
             if found:
                 hours, minutes, seconds = (int(group) for group in found.groups())
-                redraws.append((now, hours * 3600 + minutes * 60 + seconds))
+                redraws.append((now, hours * 3600 + minutes * 60 + seconds,
+                                line.decode(errors="replace").strip()))
     os.close(master)
     proc.wait()
     ended = time.monotonic() - started
@@ -120,7 +137,7 @@ def run(savedir: str, paths: List[bytes], compression: str) -> Tuple[List[Tuple[
     return redraws, ended
 
 
-def shown_at(redraws: List[Tuple[float, int]], moment: float) -> Optional[Tuple[float, int]]:
+def shown_at(redraws: List[Redraw], moment: float) -> Optional[Redraw]:
     """The last redraw at or before ``moment``."""
     before = [redraw for redraw in redraws if redraw[0] <= moment]
     return before[-1] if before else None
@@ -133,16 +150,23 @@ def main() -> int:
     parser.add_argument("--work", default=None)
     parser.add_argument("--compression", default="xz:1")
     parser.add_argument("--small-share", type=float, default=0.1)
+    parser.add_argument("--in-order", action="store_true",
+                        help="take SOURCE's files in directory order, not shuffled")
+    parser.add_argument("--lines", action="store_true", help="print each progress line too")
     options = parser.parse_args()
     work = tempfile.mkdtemp(prefix="bench-eta-", dir=options.work)
     try:
         paths = build_tree(options.source, os.path.join(work, "tree"),
-                           options.megabytes * 1000 * 1000, options.small_share)
+                           options.megabytes * 1000 * 1000, options.small_share,
+                           options.in_order)
+        load_before = os.getloadavg()[0]
         redraws, ended = run(os.path.join(work, "save"), paths, options.compression)
-        print("%d redraws in %.1f s" % (len(redraws), ended))
+        print("%d redraws in %.1f s; load average %.2f before, %.2f after (%d cores)" % (
+            len(redraws), ended, load_before, os.getloadavg()[0], os.cpu_count() or 1))
         print("  elapsed    ETA shown   really left")
-        for when, eta in redraws:
-            print("  %7.1f  %9d s  %10.1f s" % (when, eta, ended - when))
+        for when, eta, line in redraws:
+            print("  %7.1f  %9d s  %10.1f s%s" % (when, eta, ended - when,
+                                                 "  | " + line if options.lines else ""))
         failures = 0
         for share in (0.25, 0.5, 0.75):
             redraw = shown_at(redraws, share * ended)
@@ -150,7 +174,7 @@ def main() -> int:
                 print("at %d%%: no ETA shown yet  FAIL" % (share * 100))
                 failures += 1
                 continue
-            when, eta = redraw
+            when, eta, _line = redraw
             truth = ended - when
             error = abs(eta - truth) / truth
             failures += error > 0.3

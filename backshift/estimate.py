@@ -1,0 +1,226 @@
+"""How long a backup still takes: the estimate behind the progress line's ETA.
+
+A backup is two stages joined by a queue (pipeline.StorePipeline): the
+backup thread opens, reads, cuts and hashes files; the store's workers
+compress and write what it hands over.  Which stage is the slower one
+changes within a run: thousands of small files keep the reader busy while
+the store idles; a big file fills the queue and the reader waits for the
+store.  One rate (files or bytes per second) measured over one part of a
+run predicts another part badly, so each stage gets its own costs, measured
+over the last WINDOW seconds:
+
+* the reader: ``a`` seconds per file and ``b`` per byte, fitted by least
+  squares to the reader's own time (the time it waited for room in the
+  store's queue is the store's, and left out).  When the samples cannot
+  tell the two apart (only big files, or files all of a size), a file is
+  taken to cost as much as PER_FILE_BYTES of data.
+* the store: seconds per byte over the intervals in which it had work
+  waiting for every worker (at least SATURATED bytes queued), so a spell of
+  small files that left it idle says nothing of its pace.  Until it has
+  been that busy, its pace is the CPU time its workers spent per byte,
+  spread over the cores they may use.
+
+The work left (with the full report, the size of every file still to come,
+in input order) is cut into BLOCKS pieces and run through the two stages:
+the store starts with what is queued and follows the reader, which runs
+at most a queue's worth ahead.  Small
+files first and big ones last then cost the reader's time for the small
+ones plus the store's for the big ones, not the larger of the two.
+"""
+
+import collections
+from typing import Deque, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+WINDOW = 20.0
+PER_FILE_BYTES = 64 * 1024
+SATURATED = 16 * 1024 * 1024
+# Least time the store must have been busy for its pace to be measured:
+# its workers report in lumps (several big chunks done at once).
+MIN_BUSY = 3.0
+# A pause (another program flushing the disk, say) must not make the ETA
+# explode: the store's pace is never taken below this share of its pace
+# over the whole run.
+STALL_FLOOR = 0.5
+BLOCKS = 64
+# Least squares tells the per-file cost from the per-byte cost only when
+# files and bytes do not grow in step: 1 - (their cosine)^2 at least this.
+INDEPENDENT = 0.05
+
+
+class Sample(NamedTuple):
+    """What the backup has done by ``time``; every count is cumulative."""
+
+    time: float
+    files: int        # paths done
+    read: int         # bytes read, of the files done and the one being read
+    written: int      # bytes the store has compressed and written
+    queued: int       # bytes handed to the store and not yet written
+    waited: float     # seconds the reader spent waiting for room in the queue
+    store_cpu: float  # CPU seconds the store's workers spent
+
+
+class Work:
+    """What a backup has to do: its paths, and with the full report their sizes in order."""
+
+    def __init__(self, files: int, ends: Optional[Sequence[int]] = None) -> None:
+        self.files = files
+        # ends[i]: bytes of the first i+1 files (regular files' sizes, in input order).
+        self.ends = ends
+
+    @property
+    def total_bytes(self) -> Optional[int]:
+        if self.ends is None:
+            return None
+        return self.ends[-1] if len(self.ends) else 0
+
+    def blocks(self, files_done: int, read: int, count: int) -> Iterator[Tuple[int, int]]:
+        """(files, bytes) of up to ``count`` consecutive pieces of what is left."""
+        ends = self.ends
+        if ends is None or files_done >= self.files:
+            return
+        left = self.files - files_done
+        start = files_done
+        position = read  # bytes read so far, the file being read included
+        for number in range(1, count + 1):
+            end = files_done + (left * number + count - 1) // count
+            if end <= start:
+                continue
+            size = max(0, ends[end - 1] - position)
+            yield end - start, size
+            start, position = end, max(position, ends[end - 1])
+
+
+class Estimator:
+    """Seconds left, from the samples of the last WINDOW seconds."""
+
+    def __init__(self, work: Work, cores: int = 1, queue_bytes: int = 64 * 1024 * 1024) -> None:
+        self.work = work
+        self.cores = max(1, cores)
+        self.queue_bytes = queue_bytes
+        self._samples: Deque[Sample] = collections.deque()
+        self._first: Optional[Sample] = None
+        self._pace: Optional[float] = None  # the store's seconds per byte, last measured busy
+
+    def add(self, sample: Sample) -> None:
+        if self._first is None:
+            self._first = sample
+        self._samples.append(sample)
+        while len(self._samples) > 2 and sample.time - self._samples[1].time >= WINDOW:
+            self._samples.popleft()
+
+    def seconds_left(self) -> Optional[float]:
+        """The estimate after the last sample; None while it cannot be made."""
+        if not self._samples:
+            return None
+        last = self._samples[-1]
+        files_left = max(0, self.work.files - last.files)
+        total_bytes = self.work.total_bytes
+        bytes_left = 0 if total_bytes is None else max(0, total_bytes - last.read)
+        if not files_left and not bytes_left and not last.queued:
+            return 0.0
+        pace = self.store_pace()
+        if files_left and total_bytes is None:
+            # Sizes unknown (the moderate report): the time per file so far.
+            per_file = self._time_per_file()
+            return None if per_file is None else files_left * per_file
+        if not files_left and not bytes_left:
+            return None if pace is None else last.queued * pace
+        costs = self.reader_costs()
+        if costs is None or pace is None:
+            return None
+        return self._flow(costs, pace, last)
+
+    # -- the two stages ---------------------------------------------------------
+
+    def _intervals(self) -> List[Tuple[Sample, Sample]]:
+        samples = list(self._samples)
+        return [(a, b) for a, b in zip(samples, samples[1:]) if b.time > a.time]
+
+    def reader_costs(self) -> Optional[Tuple[float, float]]:
+        """(seconds per file, seconds per byte) of the reader's own time."""
+        sff = sfx = sxx = sfy = sxy = 0.0
+        for a, b in self._intervals():
+            files, size = b.files - a.files, b.read - a.read
+            busy = max(0.0, (b.time - a.time) - (b.waited - a.waited))
+            sff += files * files
+            sfx += files * size
+            sxx += size * size
+            sfy += files * busy
+            sxy += size * busy
+        if not sff and not sxx:
+            return None  # nothing read in the window
+        det = sff * sxx - sfx * sfx
+        if sff and sxx and det > INDEPENDENT * sff * sxx:
+            per_file = (sfy * sxx - sxy * sfx) / det
+            per_byte = (sxy * sff - sfy * sfx) / det
+            if per_file >= 0 and per_byte >= 0:
+                return per_file, per_byte
+            if per_file < 0:
+                return 0.0, max(0.0, sxy / sxx)
+            return max(0.0, sfy / sff), 0.0
+        # One cost stands for both: a file as PER_FILE_BYTES of data.
+        k = PER_FILE_BYTES
+        szz = sxx + 2 * k * sfx + k * k * sff
+        per_byte = max(0.0, (sxy + k * sfy) / szz)
+        return k * per_byte, per_byte
+
+    def _time_per_file(self) -> Optional[float]:
+        intervals = self._intervals()
+        files = sum(b.files - a.files for a, b in intervals)
+        if not files:
+            return None
+        return sum(b.time - a.time for a, b in intervals) / files
+
+    def store_pace(self) -> Optional[float]:
+        """The store's seconds per byte (None before it has written anything)."""
+        busy = written = 0.0
+        cpu = all_written = 0.0
+        for a, b in self._intervals():
+            if a.queued >= SATURATED and b.queued >= SATURATED:
+                busy += b.time - a.time
+                written += b.written - a.written
+            cpu += b.store_cpu - a.store_cpu
+            all_written += b.written - a.written
+        if busy >= MIN_BUSY and written > 0:
+            self._pace = busy / written
+        pace = self._pace
+        if pace is None:
+            if all_written <= 0 or cpu <= 0:
+                return None
+            pace = cpu / all_written / self.cores
+        first, last = self._first, self._samples[-1]
+        if first is not None and last.written > first.written:
+            # A stall in the window: no slower than this share of the whole run.
+            run = (last.time - first.time) / (last.written - first.written)
+            pace = min(pace, run / STALL_FLOOR)
+        return pace
+
+    def _flow(self, costs: Tuple[float, float], pace: float, last: Sample) -> float:
+        """When the store finishes: the work left, in pieces, through both stages.
+
+        The store is first busy with what is queued, then stores each piece
+        as the reader hands it over; the reader may run one queue ahead of
+        the store, no more."""
+        per_file, per_byte = costs
+        reader = 0.0
+        store = last.queued * pace
+        # (bytes handed over, counted from the start of what is queued now;
+        # when the store is done with them), piece by piece.
+        done_at: List[Tuple[int, float]] = [(0, 0.0), (last.queued, store)]
+        at = 1  # the first of done_at the reader may still wait for
+        for files, size in self.work.blocks(last.files, last.read, BLOCKS):
+            reader += per_file * files + per_byte * size
+            # The piece fits in the queue once the store is done with all
+            # but a queue's worth of what comes before its end.
+            needed = done_at[-1][0] + size - self.queue_bytes
+            if needed > 0:
+                while at + 1 < len(done_at) and done_at[at][0] < needed:
+                    at += 1
+                (before, then), (after, when) = done_at[at - 1], done_at[at]
+                share = min(1.0, (needed - before) / (after - before)) if after > before else 1.0
+                reader = max(reader, then + share * (when - then))
+            # The store follows the reader through the piece: done when it
+            # has stored the piece, and not before the reader handed it all.
+            store = max(store + pace * size, reader)
+            done_at.append((done_at[-1][0] + size, store))
+        return max(store, reader)
