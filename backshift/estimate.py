@@ -14,33 +14,38 @@ over the last WINDOW seconds:
   store's queue is the store's, and left out).  When the samples cannot
   tell the two apart (only big files, or files all of a size), a file is
   taken to cost as much as PER_FILE_BYTES of data.
-* the store: seconds per byte over the intervals in which it had work
-  waiting for every worker (at least SATURATED bytes queued), so a spell of
-  small files that left it idle says nothing of its pace.  Until it has
-  been that busy, its pace is the CPU time its workers spent per byte,
-  spread over the cores they may use.
+* the store: seconds per byte while it had work waiting for every worker
+  (at least SATURATED bytes queued), so a spell of small files that left
+  it idle says nothing of its pace.  Its workers report in lumps (several
+  big chunks done at once), so the pace is taken from the first to the
+  last lump of each busy spell, not from the spell's edges.  Until it has
+  been busy MIN_BUSY seconds, its pace is the time a worker took per byte
+  while it was not, over the number of workers that run at once.
 
 The work left (with the full report, the size of every file still to come,
 in input order) is cut into BLOCKS pieces and run through the two stages:
 the store starts with what is queued and follows the reader, which runs
-at most a queue's worth ahead.  Small
-files first and big ones last then cost the reader's time for the small
-ones plus the store's for the big ones, not the larger of the two.
+at most a queue's worth ahead.  Small files first and big ones last then
+cost the reader's time for the small ones plus the store's for the big
+ones, not the larger of the two.
 """
 
 import collections
 from typing import Deque, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 WINDOW = 20.0
+# Opening, reading and recording a file costs about as much as reading this
+# much data (the guess when the samples cannot tell).
 PER_FILE_BYTES = 64 * 1024
+# A quarter of the store's queue (pipeline.DEFAULT_MAX_BYTES): every worker has work.
 SATURATED = 16 * 1024 * 1024
-# Least time the store must have been busy for its pace to be measured:
-# its workers report in lumps (several big chunks done at once).
-MIN_BUSY = 3.0
+MIN_BUSY = 2.0
 # A pause (another program flushing the disk, say) must not make the ETA
 # explode: the store's pace is never taken below this share of its pace
 # over the whole run.
 STALL_FLOOR = 0.5
+# Pieces the work left is cut into: enough to follow where small and big
+# files lie, few enough to do twice a second.
 BLOCKS = 64
 # Least squares tells the per-file cost from the per-byte cost only when
 # files and bytes do not grow in step: 1 - (their cosine)^2 at least this.
@@ -56,7 +61,7 @@ class Sample(NamedTuple):
     written: int      # bytes the store has compressed and written
     queued: int       # bytes handed to the store and not yet written
     waited: float     # seconds the reader spent waiting for room in the queue
-    store_cpu: float  # CPU seconds the store's workers spent
+    store_seconds: float  # seconds the store's workers spent, summed over workers
 
 
 class Work:
@@ -173,27 +178,40 @@ class Estimator:
 
     def store_pace(self) -> Optional[float]:
         """The store's seconds per byte (None before it has written anything)."""
-        busy = written = 0.0
-        cpu = all_written = 0.0
-        for a, b in self._intervals():
-            if a.queued >= SATURATED and b.queued >= SATURATED:
-                busy += b.time - a.time
-                written += b.written - a.written
-            cpu += b.store_cpu - a.store_cpu
-            all_written += b.written - a.written
-        if busy >= MIN_BUSY and written > 0:
-            self._pace = busy / written
+        self._measure_pace()
         pace = self._pace
         if pace is None:
-            if all_written <= 0 or cpu <= 0:
+            worked = written = 0.0
+            for a, b in self._intervals():
+                if not _saturated(a, b):
+                    worked += b.store_seconds - a.store_seconds
+                    written += b.written - a.written
+            if worked <= 0 or written <= 0:
                 return None
-            pace = cpu / all_written / self.cores
+            pace = worked / written / self.cores
         first, last = self._first, self._samples[-1]
         if first is not None and last.written > first.written:
             # A stall in the window: no slower than this share of the whole run.
             run = (last.time - first.time) / (last.written - first.written)
             pace = min(pace, run / STALL_FLOOR)
         return pace
+
+    def _measure_pace(self) -> None:
+        """The pace while the store was busy, from the first to the last lump
+        written in each busy spell of the window (kept while it is idle)."""
+        busy = written = 0.0
+        lumps: List[Sample] = []  # the samples of the current spell that saw a lump
+        for a, b in self._intervals() + [(self._samples[-1], self._samples[-1])]:
+            if _saturated(a, b) and b.time > a.time:
+                if b.written > a.written:
+                    lumps.append(b)
+                continue
+            if len(lumps) > 1:
+                busy += lumps[-1].time - lumps[0].time
+                written += lumps[-1].written - lumps[0].written
+            lumps = []
+        if busy >= MIN_BUSY and written > 0:
+            self._pace = busy / written
 
     def _flow(self, costs: Tuple[float, float], pace: float, last: Sample) -> float:
         """When the store finishes: the work left, in pieces, through both stages.
@@ -224,3 +242,8 @@ class Estimator:
             store = max(store + pace * size, reader)
             done_at.append((done_at[-1][0] + size, store))
         return max(store, reader)
+
+
+def _saturated(a: Sample, b: Sample) -> bool:
+    """Had every worker of the store work from ``a`` to ``b``?"""
+    return a.queued >= SATURATED and b.queued >= SATURATED

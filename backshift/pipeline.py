@@ -98,14 +98,16 @@ class StorePipeline:
         self.on_wait: Optional[Callable[[], None]] = None
         self._pending_bytes = 0
         self.peak_bytes = 0
-        # All bytes ever handed over, and those of them written; the CPU
-        # time the workers spent on them; the time callers waited for room:
-        # the progress report reads these from its own thread.
+        # All bytes ever handed over, and those of them written; the time
+        # the workers spent on them (summed over workers); the time callers
+        # waited for room: the progress report reads these from its own thread.
         self.handed_bytes = 0
         self.written_bytes = 0
-        self.store_cpu = 0.0
-        self.waited = 0.0
+        self.store_seconds = 0.0
         self._written_lock = threading.Lock()
+        self._waited = 0.0
+        self._wait_started: Optional[float] = None  # of the wait going on
+        self._wait_lock = threading.Lock()
         # ObjectStore.put writes a file only for an object not present
         # (else it touches it): what it wrote since we began is our growth.
         self._written_before = objects.bytes_written
@@ -134,19 +136,26 @@ class StorePipeline:
         return digest
 
     @property
+    def waited(self) -> float:
+        """Seconds callers spent waiting for the workers, the wait going on included."""
+        with self._wait_lock:
+            started = self._wait_started
+            return self._waited + (time.monotonic() - started if started is not None else 0.0)
+
+    @property
     def in_flight(self) -> int:
         """Objects handed over and not yet collected."""
         return len(self._pending)
 
     def _store(self, data: bytes, compressor: Compressor, digest: bytes) -> bytes:
-        """A worker's task: store one object, and count it and the CPU time it took."""
-        started = time.thread_time()
+        """A worker's task: store one object, and count it and the time it took."""
+        started = time.monotonic()
         try:
             return self.objects.put(data, compressor, digest)
         finally:
             with self._written_lock:  # workers finish at the same time
                 self.written_bytes += len(data)
-                self.store_cpu += time.thread_time() - started
+                self.store_seconds += time.monotonic() - started
 
     @property
     def written_through(self) -> int:
@@ -172,13 +181,18 @@ class StorePipeline:
         digest = next(iter(self._pending))
         future, size, _number = self._pending[digest]
         if not future.done():
-            started = time.monotonic()
-            if self.on_wait is not None:
-                while not wait([future], WAIT_TICK).done:
-                    self.on_wait()
-            else:
-                wait([future])
-            self.waited += time.monotonic() - started
+            with self._wait_lock:
+                self._wait_started = time.monotonic()
+            try:
+                if self.on_wait is not None:
+                    while not wait([future], WAIT_TICK).done:
+                        self.on_wait()
+                else:
+                    wait([future])
+            finally:
+                with self._wait_lock:
+                    self._waited += time.monotonic() - self._wait_started
+                    self._wait_started = None
         del self._pending[digest]
         self._pending_bytes -= size
         future.result()  # raises the worker's exception here

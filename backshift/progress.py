@@ -162,7 +162,7 @@ class ProgressReporter(Reporter):
         written = store.written_bytes
         self._estimator.add(Sample(now, self.files_done, self._bytes_progress(), written,
                                    max(0, store.handed_bytes - written), store.waited,
-                                   store.store_cpu))
+                                   store.store_seconds))
         return self._estimator.seconds_left()
 
     def status_line(self, now: float) -> str:
@@ -221,7 +221,7 @@ class StoreGauge(Protocol):
     handed_bytes: int
     written_bytes: int
     waited: float      # seconds the backup waited for room in the queue
-    store_cpu: float   # CPU seconds the workers spent storing
+    store_seconds: float  # seconds the workers spent storing, summed over workers
     cores: int         # CPUs the workers may use at once
     max_bytes: int     # the queue's size
 

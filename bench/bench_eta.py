@@ -6,19 +6,22 @@
 
 Builds a tree of real data taken from SOURCE: small files (copies of its
 files under 16 KiB, --small-share of the bytes, 10% by default) and big
-ones (its files run together into 24 MiB pieces, the rest), and backs it up with the small
-files first and the big ones last, standard error on a pseudo-terminal, so
-the progress report is on as for a person.
+ones (24 MiB each, the rest), and backs it up with the small files first
+and the big ones last, standard error on a pseudo-terminal, so the
+progress report is on as for a person.  For each redraw it prints the
+elapsed time, the ETA shown and the time that really remained (with
+--lines, the whole progress line too); then, at 25%, 50% and 75% of the
+run, whether the ETA shown was within 30% of the truth.  The load average
+before and after is printed with them: other programs taking the CPUs
+midway make the time left longer than any estimate could know.
 
-SOURCE's files are taken in a shuffled (seeded) order, so that each big
-piece is a sample of the whole: taken in directory order (--in-order), the
-pieces of /usr/share differ sevenfold in how fast xz -1 compresses them
-(2.4 MB/s for runs of gzipped man pages, 16 MB/s for text), and the time
-left depends on which pieces come last, which no estimate from the
-throughput so far can know.  For each redraw it prints the
-elapsed time, the ETA shown and the time that really remained; then, at
-25%, 50% and 75% of the run, whether the ETA shown was within 30% of the
-truth.
+SOURCE's files are taken in a shuffled (seeded) order, and the big files
+are made of 64 KiB slices of them dealt in turn, so that each big file is
+a sample of the whole.  Taken in directory order and run together
+(--in-order), the big files of /usr/share differ sevenfold in how fast
+xz -1 compresses them (2.4 MB/s for runs of gzipped man pages, 16 MB/s for
+text), and the time left depends on which come last, which no estimate
+from the throughput so far can know.
 """
 
 import argparse
@@ -38,6 +41,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKSHIFT = [sys.executable, os.path.join(REPO, "bin", "backshift")]
 SMALL_MAX = 16 * 1024
 BIG_SIZE = 24 * 1024 * 1024
+SLICE = 64 * 1024
 ETA = re.compile(rb"ETA (\d+):(\d\d):(\d\d)")
 
 
@@ -62,10 +66,10 @@ def build_tree(source: str, tree: str, total: int, share: float,
     os.makedirs(small_dir)
     os.makedirs(big_dir)
     paths = [tree, small_dir]
-    small_bytes, big_bytes = 0, 0
-    big: List[str] = []
-    pending = bytearray()
+    small_bytes = 0
     small_total = int(total * share)
+    pieces = [bytearray() for _ in range(max(1, (total - small_total) // BIG_SIZE))]
+    dealt = 0  # slices dealt so far
     for path in source_files(source, in_order):
         try:
             with open(path, "rb") as handle:
@@ -78,19 +82,24 @@ def build_tree(source: str, tree: str, total: int, share: float,
                 handle.write(data)
             paths.append(target)
             small_bytes += len(data)
-        elif big_bytes + len(pending) < total - small_total:
-            pending += data
-            if len(pending) >= BIG_SIZE:
-                target = os.path.join(big_dir, "b%03d" % len(big))
-                with open(target, "wb") as handle:
-                    handle.write(pending[:BIG_SIZE])
-                big.append(target)
-                big_bytes += BIG_SIZE
-                del pending[:BIG_SIZE]
-        if small_bytes >= small_total and big_bytes >= total - small_total:
+            continue
+        for start in range(0, len(data), SLICE):
+            # In order: each piece filled in turn; else slices dealt round.
+            open_pieces = [piece for piece in pieces if len(piece) < BIG_SIZE]
+            if not open_pieces:
+                break
+            piece = open_pieces[0 if in_order else dealt % len(open_pieces)]
+            piece += data[start:start + min(SLICE, BIG_SIZE - len(piece))]
+            dealt += 1
+        if small_bytes >= small_total and all(len(piece) >= BIG_SIZE for piece in pieces):
             break
+    big = []
+    for number, piece in enumerate(pieces):
+        big.append(os.path.join(big_dir, "b%03d" % number))
+        with open(big[-1], "wb") as handle:
+            handle.write(piece)
     print("tree: %d small files, %.0f MB; %d big files, %.0f MB" % (
-        len(paths) - 2, small_bytes / 1e6, len(big), big_bytes / 1e6))
+        len(paths) - 2, small_bytes / 1e6, len(big), sum(map(len, pieces)) / 1e6))
     return [os.fsencode(path) for path in paths + [big_dir] + big]
 
 

@@ -38,7 +38,7 @@ class Store:
         self.handed_bytes = 0
         self.written_bytes = 0
         self.waited = 0.0
-        self.store_cpu = 0.0
+        self.store_seconds = 0.0
         self.cores = cores
         self.max_bytes = max_bytes
 
@@ -101,8 +101,8 @@ class Simulation:
         else:  # a backlog: the workers finish chunks together
             store.written_bytes = max(store.written_bytes,
                                       int(self.stored // self.lump * self.lump))
-        # Workers count their CPU time when they finish, on all cores at once.
-        store.store_cpu += (store.written_bytes - before) / self.store_rate * store.cores
+        # Workers count their time when they finish, on all cores at once.
+        store.store_seconds += (store.written_bytes - before) / self.store_rate * store.cores
         self.time += self.STEP
         return done
 
