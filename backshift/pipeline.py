@@ -63,16 +63,8 @@ READAHEAD_BYTES = 1024 * 1024
 WAIT_TICK = 0.2
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on every system
-        return os.cpu_count() or 1
-
-
 def default_workers() -> int:
-    return usable_cpus() + EXTRA_IO_WORKERS
+    return (os.cpu_count() or 1) + EXTRA_IO_WORKERS
 
 
 class StorePipeline:
@@ -88,7 +80,7 @@ class StorePipeline:
         self.max_bytes = max_bytes
         workers = workers or default_workers()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backshift-store")
-        self.cores = min(workers, usable_cpus())  # how many workers compress at once
+        self.cores = min(workers, os.cpu_count() or 1)  # how many workers compress at once
         # Objects handed over and not yet known to be written, oldest first,
         # with their sizes and numbers in the order handed over.
         self._pending: Dict[bytes, Tuple["Future[bytes]", int, int]] = {}
@@ -98,16 +90,16 @@ class StorePipeline:
         self.on_wait: Optional[Callable[[], None]] = None
         self._pending_bytes = 0
         self.peak_bytes = 0
-        # All bytes ever handed over, and those of them written; the time
-        # the workers spent on them (summed over workers); the time callers
-        # waited for room: the progress report reads these from its own thread.
+        # All bytes ever handed over, those of them written, and the time
+        # the workers spent on them: the progress report reads these (and
+        # ``waited``) from its own thread.
         self.handed_bytes = 0
         self.written_bytes = 0
         self.store_seconds = 0.0
         self._written_lock = threading.Lock()
-        self._waited = 0.0
-        self._wait_started: Optional[float] = None  # of the wait going on
-        self._wait_lock = threading.Lock()
+        # (seconds waited before the wait going on, when that began or None),
+        # replaced whole so that another thread reads a consistent pair.
+        self._waits: Tuple[float, Optional[float]] = (0.0, None)
         # ObjectStore.put writes a file only for an object not present
         # (else it touches it): what it wrote since we began is our growth.
         self._written_before = objects.bytes_written
@@ -138,9 +130,8 @@ class StorePipeline:
     @property
     def waited(self) -> float:
         """Seconds callers spent waiting for the workers, the wait going on included."""
-        with self._wait_lock:
-            started = self._wait_started
-            return self._waited + (time.monotonic() - started if started is not None else 0.0)
+        before, started = self._waits
+        return before + (time.monotonic() - started if started is not None else 0.0)
 
     @property
     def in_flight(self) -> int:
@@ -181,18 +172,14 @@ class StorePipeline:
         digest = next(iter(self._pending))
         future, size, _number = self._pending[digest]
         if not future.done():
-            with self._wait_lock:
-                self._wait_started = time.monotonic()
+            before, started = self._waits[0], time.monotonic()
+            self._waits = (before, started)
             try:
-                if self.on_wait is not None:
-                    while not wait([future], WAIT_TICK).done:
+                while not wait([future], WAIT_TICK).done:
+                    if self.on_wait is not None:
                         self.on_wait()
-                else:
-                    wait([future])
             finally:
-                with self._wait_lock:
-                    self._waited += time.monotonic() - self._wait_started
-                    self._wait_started = None
+                self._waits = (before + time.monotonic() - started, None)
         del self._pending[digest]
         self._pending_bytes -= size
         future.result()  # raises the worker's exception here

@@ -38,7 +38,8 @@ class PathList:
     """An inhaled path list, packed: one buffer of NUL-terminated paths.
 
     A list of bytes objects costs about 40 bytes per path beyond the names
-    themselves; packed, 300,000 paths cost little more than their names.
+    themselves; packed, 300,000 paths cost little more than their names
+    (and, weighed, 8 bytes each for the sizes the estimate needs).
     """
 
     def __init__(self, weigh: bool = False) -> None:
