@@ -125,9 +125,12 @@ class Estimator:
             return 0.0
         pace = self.store_pace()
         if files_left and total_bytes is None:
-            # Sizes unknown (the moderate report): the time per file so far.
+            # Sizes unknown (the moderate report): the time per file so far,
+            # then what is queued then.
             per_file = self._time_per_file()
-            return None if per_file is None else files_left * per_file
+            if per_file is None:
+                return None
+            return files_left * per_file + (last.queued * pace if pace is not None else 0.0)
         if not files_left and not bytes_left:
             return None if pace is None else last.queued * pace
         costs = self.reader_costs()
