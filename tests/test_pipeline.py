@@ -10,7 +10,8 @@ import pytest
 from backshift.pathinput import NulPaths
 from backshift.compression import CompressionSpec, Compressor
 from backshift.objectstore import ObjectError, ObjectStore, digest_of
-from backshift.pipeline import Prefetcher, ReadAhead, RecordCache, StorePipeline
+from backshift.pipeline import Prefetcher, RecordCache, StorePipeline
+from backshift.readahead import ReadAhead
 
 
 def _store(tmp_path) -> ObjectStore:
