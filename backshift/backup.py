@@ -12,7 +12,8 @@ the concern that owns it.
 * metadata.py   stat fields, owners, extended attributes;
 * filesaver.py  a regular file's content (reused, inline, packed, chunked);
 * treebuilder.py directory records, and entries pending until a pack cut;
-* checkpoint.py the tree so far, published as an unfinished record.
+* checkpoint.py the tree so far, published as an unfinished record;
+* readahead.py  the input taken ahead, and the kernel told of the files.
 
 A file whose metadata matches an earlier backup of the same host and subset
 is not read again: in the common case (one link, nothing changed) the
@@ -96,7 +97,7 @@ class Backup:
         self.record.checkpoint_interval = options.checkpoint_interval
         # Compression and writing run in worker threads (pipeline.py).
         self.store = StorePipeline(savedir.objects)
-        compressor = Compressor(options.compression)
+        self.compressor = compressor = Compressor(options.compression)
         self.builder = TreeBuilder(self.store, Chunker(METADATA_PARAMS), compressor)
         self.packer = Packer(self.store.put, compressor, self._pack_cut)
         self.source = SourceTree()
@@ -106,7 +107,7 @@ class Backup:
         self.metadata = Metadata(self.source, self.reporter)
         self.checkpoints = Checkpointer(options.checkpoint_interval, self.record,
                                         savedir.catalog, self.store, self._freeze,
-                                        self._update)
+                                        self._update, compressor)
         previous = choose_previous(savedir.catalog.records(), options.hostname, options.subset)
         moved = ContentIndex(TreeReader(savedir.objects), previous[0].root or []) \
             if previous else None
@@ -184,7 +185,7 @@ class Backup:
         Rare (only input out of find order comes back to a directory), so
         done simply: the tree so far is stored as for a checkpoint and read.
         """
-        root = self._freeze(False).store(self.store)
+        root = self._freeze(False).store(self.store, self.compressor)
         self.store.drain()  # so that what was just stored can be read back
         try:
             return TreeReader(self.savedir.objects).lookup(root, b"/".join(components))

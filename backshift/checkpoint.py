@@ -8,20 +8,25 @@ and the record's mtime tells ``--expire`` that the backup is alive
 A published tree may refer only to durable objects, but the store's
 workers may be far behind the reader (up to StorePipeline.max_bytes of
 chunks, seconds of xz).  So a checkpoint is made in two steps.  At a point
-where the tree is consistent (between paths, between chunks of a file),
-at most once an interval, the tree is *frozen*: the pack is cut and the
-open directories' records are copied as they are, not yet stored.  A
-frozen tree is *published* (its last records stored, then the record
-written) once every object it names is written.  Between paths that is
+where the tree is consistent (between paths, between chunks of a file)
+the tree is *frozen*: the pack is cut and the open directories' records
+are copied as they are, not yet stored.  That happens once an interval,
+and while the workers are behind, once for each interval's worth of their
+work handed over, so that frozen trees become ready about one an interval
+as the workers catch up.  A frozen tree is *published* (its last records
+stored, then the record written) when a checkpoint is due and every
+object it names is written: the newest such tree.  Between paths that is
 every object handed to the store before it.  Inside a file it is the
 objects handed over before the file, and of the file's own chunks the
 prefix already written: it is published as a PARTIAL entry (FORMAT.md)
 that grows each interval while the workers catch up, so a checkpoint
 comes every interval however large the file and however far behind the
-workers are.  When no newer tree can be published, the last one is
-written again: the record stays fresh whatever the workers do.  The
-store calls ``on_wait`` while it makes the backup wait, so this holds
-while the backup waits for room in the pipeline or for its final sync.
+workers are (as long as a chunk is written in an interval: the
+pipeline's workers compress oldest first).  When no newer tree can be
+published, the last one is written again: the record stays fresh
+whatever the workers do.  The store calls ``on_wait`` while it makes the
+backup wait, so this holds while the backup waits for room in the
+pipeline or for its final sync.
 """
 
 import bisect
@@ -29,6 +34,7 @@ import time
 from typing import Callable, List, Optional
 
 from .catalog import BackupRecord, Catalog
+from .compression import Compressor, quick
 from .pipeline import StorePipeline
 from .records import FLAG_PARTIAL, KIND_FILE, ChunkRef, Entry
 from .treebuilder import FrozenTree
@@ -97,8 +103,13 @@ class Checkpointer:
     """Takes and publishes checkpoints of one backup at a fixed interval."""
 
     def __init__(self, interval: float, record: BackupRecord, catalog: Catalog,
-                 store: StorePipeline, freeze: Freeze, update: Update) -> None:
+                 store: StorePipeline, freeze: Freeze, update: Update,
+                 compressor: Compressor) -> None:
         self._interval = interval
+        # For the last records of a tree, stored in the backup's thread when
+        # it is published, while the workers may keep xz busy (PyPy runs one
+        # at a time): the backup's last records replace them.
+        self._compressor = quick(compressor)
         self._record = record
         self._catalog = catalog
         self._store = store
@@ -184,7 +195,7 @@ class Checkpointer:
                 return False  # the record shows it already
             frozen.shown = count
             last = frozen.file.entry(count) if frozen.file is not None else None
-            self._publish(frozen.tree.store(self._store.objects, last))
+            self._publish(frozen.tree.store(self._store.objects, self._compressor, last))
             return True
         return False
 

@@ -63,23 +63,23 @@ class RecordWriter:
 
     def freeze(self) -> "FrozenRecord":
         """The record as it is now, to be stored later; the writer goes on unchanged."""
-        return FrozenRecord(list(self.chunks), bytes(self._buffer), self._compressor)
+        return FrozenRecord(list(self.chunks), bytes(self._buffer))
 
 
 class FrozenRecord:
     """A directory record as it was at one moment: its chunks stored then, and the rest."""
 
-    __slots__ = ("chunks", "tail", "compressor")
+    __slots__ = ("chunks", "tail")
 
-    def __init__(self, chunks: List[ChunkRef], tail: bytes, compressor: Compressor) -> None:
+    def __init__(self, chunks: List[ChunkRef], tail: bytes) -> None:
         self.chunks = chunks
         self.tail = tail
-        self.compressor = compressor
 
-    def store(self, objects: Objects, extra: Sequence[Entry] = ()) -> List[ChunkRef]:
+    def store(self, objects: Objects, compressor: Compressor,
+              extra: Sequence[Entry] = ()) -> List[ChunkRef]:
         """Store the rest, with ``extra`` entries after it; the record's chunk list."""
         tail = self.tail + b"".join(encode_entry(entry) for entry in extra)
-        return self.chunks + [(objects.put(tail, self.compressor), len(tail))]
+        return self.chunks + [(objects.put(tail, compressor), len(tail))]
 
 
 def store_top_record(objects: Objects, compressor: Compressor, root: Entry) -> List[ChunkRef]:

@@ -124,12 +124,13 @@ class FrozenTree:
     def __init__(self, dirs: List[Tuple[Entry, FrozenRecord]]) -> None:
         self._dirs = dirs
 
-    def store(self, objects: Objects, last: Optional[Entry] = None) -> List[ChunkRef]:
+    def store(self, objects: Objects, compressor: Compressor,
+              last: Optional[Entry] = None) -> List[ChunkRef]:
         """Store the records not yet stored; the top record (FORMAT.md)."""
         extra: List[Entry] = [last] if last is not None else []
         for entry, record in reversed(self._dirs):
-            extra = [_with_chunks(entry, record.store(objects, extra))]
-        return store_top_record(objects, self._dirs[0][1].compressor, extra[0])
+            extra = [_with_chunks(entry, record.store(objects, compressor, extra))]
+        return store_top_record(objects, compressor, extra[0])
 
 
 def _finish_dir(directory: OpenDir, entry: Entry) -> None:
