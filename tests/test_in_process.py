@@ -3,11 +3,13 @@ by the real program (bin/backshift as a subprocess), asserting on what they prin
 
 import io
 import os
+import types
 
 import helpers
 from backshift.checking import run_check
+from backshift.estimate import PER_FILE_BYTES
 from backshift.listing import backup_fields, list_backup, list_backups
-from backshift.progress import PER_FILE_BYTES, ProgressReporter, make_reporter
+from backshift.progress import ProgressReporter, make_reporter
 from backshift.report import Reporter
 from backshift.savedir import SaveDir
 from backshift.tree import TreeReader
@@ -82,16 +84,22 @@ def test_progress_in_process_weighs_real_files(tmp_path):
     sizes = 700 * 1024 + len(b"small\n") + len(b"odd name\n")
     assert reporter.total_bytes == sizes  # regular files only, by lstat
     assert "backshift: 7 paths to back up\n" in stream.getvalue()
-    assert reporter.eta(now[0], 0) is None  # no pace measured yet
+    assert reporter.eta(now[0]) is None  # no store to follow yet
+    store = types.SimpleNamespace(handed_bytes=0, written_bytes=0, waited=0.0,
+                                  store_seconds=0.0, cores=1, max_bytes=64 << 20)
+    reporter.watch(store)
+    assert reporter.eta(now[0]) is None  # no pace measured yet
     now[0] += 10
+    store.handed_bytes = store.written_bytes = 700 * 1024
+    store.store_seconds = 2.0
     reporter.file_done(paths[0], 700 * 1024)
-    # The slower of reading the rest and writing the rest, each at the pace
-    # of the last seconds: here 700 KiB and one file in 10 s.
-    read = 700 * 1024 + PER_FILE_BYTES
-    to_read = sizes + 7 * PER_FILE_BYTES - read
-    to_write = sizes - 700 * 1024
-    expected = max(to_read / (read / 10), to_write / (700 * 1024 / 10))
-    assert abs(reporter.eta(now[0], 0) - expected) < 1e-6
+    # One file of 700 KiB in 10 s cannot tell the cost per file from the
+    # cost per byte: a file counts as PER_FILE_BYTES of data.  The store,
+    # 2 s for 700 KiB, keeps up: the rest is the reader's time for 6 files
+    # and 15 bytes.
+    per_byte = 10 / (700 * 1024 + PER_FILE_BYTES)
+    expected = (6 * PER_FILE_BYTES + sizes - 700 * 1024) * per_byte
+    assert abs(reporter.eta(now[0]) - expected) < 1e-6
     line = reporter.status_line(now[0])
     assert "1/7 files" in line and "ETA " in line
     reporter.finish()
