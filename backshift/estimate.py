@@ -20,7 +20,9 @@ over the last WINDOW seconds:
   big chunks done at once), so the pace is taken from the first to the
   last lump of each busy spell, not from the spell's edges.  Until it has
   been busy MIN_BUSY seconds, its pace is the time a worker took per byte
-  while it was not, over the number of workers that run at once.
+  while it was not, over the number of workers that run at once.  Once
+  the reader is done, the CPU time it used while the store was busy goes
+  to the store: what is queued at the end drains that much faster.
 
 The work left (with the full report, the size of every file still to come,
 in input order) is cut into BLOCKS pieces and run through the two stages:
@@ -44,6 +46,9 @@ MIN_BUSY = 2.0
 # explode: the store's pace is never taken below this share of its pace
 # over the whole run.
 STALL_FLOOR = 0.5
+# The store's pace once the reader is done is taken as no faster than twice
+# its pace while the reader ran (the reader took a core at most).
+DRAIN_FLOOR = 0.5
 # Pieces the work left is cut into: enough to follow where small and big
 # files lie, few enough to do twice a second.
 BLOCKS = 64
@@ -62,6 +67,7 @@ class Sample(NamedTuple):
     queued: int       # bytes handed to the store and not yet written
     waited: float     # seconds the reader spent waiting for room in the queue
     store_seconds: float  # seconds the store's workers spent, summed over workers
+    reader_cpu: float  # CPU seconds the reader has used
 
 
 class Work:
@@ -105,6 +111,8 @@ class Estimator:
         self._samples: Deque[Sample] = collections.deque()
         self._first: Optional[Sample] = None
         self._pace: Optional[float] = None  # the store's seconds per byte, last measured busy
+        # What the pace becomes once the reader is done (a share of it).
+        self._drain = 1.0
 
     def add(self, sample: Sample) -> None:
         if self._first is None:
@@ -132,7 +140,7 @@ class Estimator:
                 return None
             return files_left * per_file + (last.queued * pace if pace is not None else 0.0)
         if not files_left and not bytes_left:
-            return None if pace is None else last.queued * pace
+            return None if pace is None else last.queued * pace * self._drain
         costs = self.reader_costs()
         if costs is None or pace is None:
             return None
@@ -203,11 +211,14 @@ class Estimator:
         """The pace while the store was busy, from the first to the last lump
         written in each busy spell of the window (kept while it is idle)."""
         busy = written = 0.0
+        spent = reader = 0.0  # time, and the reader's CPU time then
         lumps: List[Sample] = []  # the samples of the current spell that saw a lump
         for a, b in self._intervals() + [(self._samples[-1], self._samples[-1])]:
             if _saturated(a, b) and b.time > a.time:
                 if b.written > a.written:
                     lumps.append(b)
+                spent += b.time - a.time
+                reader += max(0.0, b.reader_cpu - a.reader_cpu)
                 continue
             if len(lumps) > 1:
                 busy += lumps[-1].time - lumps[0].time
@@ -215,6 +226,9 @@ class Estimator:
             lumps = []
         if busy >= MIN_BUSY and written > 0:
             self._pace = busy / written
+            # The cores the reader took from the store are the store's once
+            # it is done: the queue left at the end drains faster.
+            self._drain = max(DRAIN_FLOOR, 1.0 - reader / spent / self.cores)
 
     def _flow(self, costs: Tuple[float, float], pace: float, last: Sample) -> float:
         """When the store finishes: the work left, in pieces, through both stages.
@@ -244,7 +258,7 @@ class Estimator:
             # has stored the piece, and not before the reader handed it all.
             store = max(store + pace * size, reader)
             done_at.append((done_at[-1][0] + size, store))
-        return max(store, reader)
+        return reader + max(0.0, store - reader) * self._drain
 
 
 def _saturated(a: Sample, b: Sample) -> bool:
