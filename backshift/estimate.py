@@ -21,7 +21,7 @@ over the last WINDOW seconds:
   last lump of each busy spell, not from the spell's edges.  Until it has
   been busy MIN_BUSY seconds, its pace is the time a worker took per byte
   while it was not, over the number of workers that run at once.  Once
-  the reader is done, the CPU time it used while the store was busy goes
+  the reader is done, the core it kept busy while the store was busy goes
   to the store: what is queued at the end drains that much faster.
 
 The work left (with the full report, the size of every file still to come,
@@ -67,7 +67,6 @@ class Sample(NamedTuple):
     queued: int       # bytes handed to the store and not yet written
     waited: float     # seconds the reader spent waiting for room in the queue
     store_seconds: float  # seconds the store's workers spent, summed over workers
-    reader_cpu: float  # CPU seconds the reader has used
 
 
 class Work:
@@ -211,14 +210,14 @@ class Estimator:
         """The pace while the store was busy, from the first to the last lump
         written in each busy spell of the window (kept while it is idle)."""
         busy = written = 0.0
-        spent = reader = 0.0  # time, and the reader's CPU time then
+        spent = reader = 0.0  # time, and the reader's own time then
         lumps: List[Sample] = []  # the samples of the current spell that saw a lump
         for a, b in self._intervals() + [(self._samples[-1], self._samples[-1])]:
             if _saturated(a, b) and b.time > a.time:
                 if b.written > a.written:
                     lumps.append(b)
                 spent += b.time - a.time
-                reader += max(0.0, b.reader_cpu - a.reader_cpu)
+                reader += max(0.0, (b.time - a.time) - (b.waited - a.waited))
                 continue
             if len(lumps) > 1:
                 busy += lumps[-1].time - lumps[0].time
@@ -226,8 +225,9 @@ class Estimator:
             lumps = []
         if busy >= MIN_BUSY and written > 0:
             self._pace = busy / written
-            # The cores the reader took from the store are the store's once
-            # it is done: the queue left at the end drains faster.
+            # While the reader works it takes a core (and, in CPython, the
+            # interpreter lock) from the store; once it is done they are the
+            # store's: the queue left at the end drains faster.
             self._drain = max(DRAIN_FLOOR, 1.0 - reader / spent / self.cores)
 
     def _flow(self, costs: Tuple[float, float], pace: float, last: Sample) -> float:

@@ -94,7 +94,6 @@ class StorePipeline:
         self.handed_bytes = 0
         self.written_bytes = 0
         self.store_seconds = 0.0
-        self.reader_cpu = 0.0  # CPU seconds of the thread that hands data over, at its last put
         self._written_lock = threading.Lock()
         # (seconds waited before the wait going on, when that began or None),
         # replaced whole so that another thread reads a consistent pair.
@@ -111,7 +110,6 @@ class StorePipeline:
 
     def put(self, data: bytes, compressor: Compressor, digest: Optional[bytes] = None) -> bytes:
         """Hand ``data`` over for storing; return its digest."""
-        self.reader_cpu = time.thread_time()
         if digest is None:
             digest = digest_of(data)
         if self._at_once:

@@ -163,7 +163,7 @@ class ProgressReporter(Reporter):
         written = store.written_bytes
         self._estimator.add(Sample(now, self.files_done, self._bytes_progress(), written,
                                    max(0, store.handed_bytes - written), store.waited,
-                                   store.store_seconds, store.reader_cpu))
+                                   store.store_seconds))
         return self._estimator.seconds_left()
 
     def status_line(self, now: float) -> str:
@@ -223,7 +223,6 @@ class StoreGauge(Protocol):
     written_bytes: int
     waited: float      # seconds the backup waited for room in the queue
     store_seconds: float  # seconds the workers spent storing, summed over workers
-    reader_cpu: float  # CPU seconds of the backup's thread, as of its last hand-over
     cores: int         # CPUs the workers may use at once
     max_bytes: int     # the queue's size
 

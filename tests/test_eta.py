@@ -39,7 +39,6 @@ class Store:
         self.written_bytes = 0
         self.waited = 0.0
         self.store_seconds = 0.0
-        self.reader_cpu = 0.0
         self.cores = cores
         self.max_bytes = max_bytes
 
@@ -97,8 +96,7 @@ class Simulation:
             if self.files < len(self.sizes):
                 self.left = self.per_file[self.files]
                 self.unread = self.sizes[self.files]
-        active = self.STEP - budget - (store.waited - waited)  # the reader's CPU time
-        store.reader_cpu += active
+        active = self.STEP - budget - (store.waited - waited)  # the reader's own time
         cores = store.cores - active / self.STEP if self.shared else store.cores
         work = min(self.store_rate * self.STEP * cores / store.cores,
                    store.handed_bytes - self.stored)
@@ -215,7 +213,7 @@ def test_eta_of_the_queue_left_when_the_reader_is_done(tmp_path):
 def _samples(per_file: float, per_byte: float, sizes: List[int]) -> List[Sample]:
     """Samples every 0.5 s of a reader that never waits, reading files of ``sizes``."""
     samples, time, files, read, since = [], 0.0, 0, 0, 0.0
-    samples.append(Sample(0.0, 0, 0, 0, 0, 0.0, 0.0, 0.0))
+    samples.append(Sample(0.0, 0, 0, 0, 0, 0.0, 0.0))
     for size in sizes:
         cost = per_file + per_byte * size
         time += cost
@@ -223,7 +221,7 @@ def _samples(per_file: float, per_byte: float, sizes: List[int]) -> List[Sample]
         files += 1
         read += size
         if since >= 0.5:
-            samples.append(Sample(time, files, read, read, 0, 0.0, read * 1e-8, time))
+            samples.append(Sample(time, files, read, read, 0, 0.0, read * 1e-8))
             since = 0.0
     return samples
 

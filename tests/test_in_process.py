@@ -86,8 +86,7 @@ def test_progress_in_process_weighs_real_files(tmp_path):
     assert "backshift: 7 paths to back up\n" in stream.getvalue()
     assert reporter.eta(now[0]) is None  # no store to follow yet
     store = types.SimpleNamespace(handed_bytes=0, written_bytes=0, waited=0.0,
-                                  store_seconds=0.0, reader_cpu=0.0, cores=1,
-                                  max_bytes=64 << 20)
+                                  store_seconds=0.0, cores=1, max_bytes=64 << 20)
     reporter.watch(store)
     assert reporter.eta(now[0]) is None  # no pace measured yet
     now[0] += 10
