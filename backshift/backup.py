@@ -31,7 +31,7 @@ from .chunking import DATA_PARAMS, METADATA_PARAMS, Chunker
 from .compression import CompressionSpec, Compressor
 from .contentindex import ContentIndex
 from .dirstack import A_DIRECTORY, NEW, DirStack
-from .earlier import PreviousDir, choose_previous, same_entry, unchanged
+from .earlier import PreviousDir, ReuseRule, choose_previous, same_entry, unchanged
 from .filesaver import FileSaver
 from .metadata import Metadata, copy_xattrs
 from .packing import Packer
@@ -94,7 +94,8 @@ class Backup:
         # Compression and writing run in worker threads (pipeline.py).
         self.store = StorePipeline(savedir.objects)
         compressor = Compressor(options.compression)
-        self.builder = TreeBuilder(self.store, Chunker(METADATA_PARAMS), compressor)
+        self.builder = TreeBuilder(self.store, Chunker(METADATA_PARAMS), compressor,
+                                   savedir.objects.touch)
         self.packer = Packer(self.store.put, compressor, self._pack_cut)
         self.source = SourceTree()
         self.readahead = ReadAhead()
@@ -113,13 +114,17 @@ class Backup:
                                options.pack_file_max, options.inode_check, options.settle_ns,
                                moved)
         reader = TreeReader(self.records)
+        rule = ReuseRule(options.inode_check, options.settle_ns, self.metadata.owners)
         self.stack = DirStack(self.builder,
-                              PreviousDir.of_root(reader, previous, self.records.prefetch),
+                              PreviousDir.of_root(reader, previous, self.records.prefetch, rule),
                               TreeReader(savedir.objects), self._stored_fragments)
         # A directory whose contents are refused (see _save_path), so that
         # the paths below it are left out with one error line, not one each.
         self._refused: Optional[List[bytes]] = None
         self._saved = 0  # paths saved (all failed: the backup failed)
+        # The directory open on top, as the last path spelled it, while the
+        # next paths named in it can skip the walk (see _save_path).
+        self._here: Optional[bytes] = None
 
     def run(self, paths: Iterable[bytes]) -> BackupRecord:
         """Back up ``paths``; return the finished record ("complete", or "failed" if
@@ -185,16 +190,37 @@ class Backup:
     # -- one path ------------------------------------------------------------
 
     def _save_path(self, path: bytes) -> None:
+        # The common case: a path in the directory the last one was in (or
+        # was), which is open on top; its name is a plain one.
+        parent, _slash, name = path.rpartition(b"/")
+        if parent == self._here and name and name != b"." and name != b"..":
+            try:
+                st = self.source.lstat_at(parent, name)
+            except SourceError as exc:
+                self.reporter.error(path, str(exc))
+                return
+            if not stat.S_ISDIR(st.st_mode):
+                if not self._reuse_at_cursor(path, name, st):
+                    self._save_entry(path, name, st)
+                return
+            self._walk_to(path, st)
+        else:
+            self._walk_to(path, None)
+
+    def _walk_to(self, path: bytes, st: Optional[os.stat_result]) -> None:
+        """Save a path anywhere: open the directories on its way, then save it."""
+        self._here = None
         try:
             components = split_path(path)
         except ValueError:
             self.reporter.error(path, "path contains '..'; not saved")
             return
-        try:
-            st = self.source.lstat(path)
-        except SourceError as exc:
-            self.reporter.error(path, str(exc))
-            return
+        if st is None:
+            try:
+                st = self.source.lstat(path)
+            except SourceError as exc:
+                self.reporter.error(path, str(exc))
+                return
         is_dir = stat.S_ISDIR(st.st_mode)
         if not is_dir and not components:
             self.reporter.error(path, "the root of a backup must be a directory; not saved")
@@ -204,8 +230,15 @@ class Backup:
             return
         if is_dir:
             self._save_dir(path, components[-1] if components else b"", st)
+            here = path
         else:
             self._save_entry(path, components[-1], st)
+            here, _slash, name = path.rpartition(b"/")
+            if name in (b"", b"."):
+                here = b""
+        # Paths named under ``here`` from now on are in the directory open
+        # on top (split_path of here + b"/" + name is parents + [name]).
+        self._here = here or None
 
     def _enter(self, path: bytes, components: List[bytes]) -> bool:
         """Open the directories of ``components``; False if one was saved as a non-directory.
@@ -279,6 +312,36 @@ class Backup:
         if entry.kind in (KIND_FILE, KIND_HARDLINK):
             self.record.bytes += entry.size
         self._done(path, entry.size)
+
+    def _reuse_at_cursor(self, path: bytes, name: bytes, st: os.stat_result) -> bool:
+        """The fast path of a re-backup: the earlier entry at the directory's cursor
+        reused whole, if nothing about the file changed (EarlierCursor.reuse)."""
+        directory = self.stack.top
+        cursor = directory.cursor
+        if cursor is None or directory.before is not None:
+            return False
+        found = cursor.reuse(name, st)
+        if found is None:
+            return False
+        start, end, is_file, size, digests = found
+        key = hash(name) << 1  # as DirStack.claim records it
+        names = directory.names
+        if key in names or key | 1 in names:
+            return False  # named twice: claim() decides
+        touch = self.savedir.objects.touch
+        for digest in digests:
+            if not touch(digest):
+                return False  # expired meanwhile: the general path decides
+        names.add(key)
+        self.builder.reuse(directory, start, end)
+        record = self.record
+        record.files += 1
+        if is_file:
+            record.bytes += size
+            record.files_reused += 1
+            record.bytes_reused += size
+        self._done(path, size)
+        return True
 
     def _reuse_unchanged(self, path: bytes, name: bytes, st: os.stat_result) -> bool:
         """Copy an earlier backup's entry as it was, if nothing about the file changed.

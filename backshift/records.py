@@ -64,6 +64,16 @@ SPARSE_KEY = b"sparse"    # data extents of a SPARSE file (encode_extents)
 _FIXED = struct.Struct("<IBBHIIIqqQQIII")
 _LEN = struct.Struct("<I")
 _CHUNK = struct.Struct("<32sI")
+# For readers that compare entries in place (earlier.EarlierCursor): the
+# fixed fields and the name's length in one unpack, then the name at NAME_AT;
+# the length field alone; the size of one chunk list item; the least an
+# entry can take (the fixed fields and six empty strings).
+FIXED_AND_NAME_LENGTH = struct.Struct(_FIXED.format + "I")
+NAME_AT = FIXED_AND_NAME_LENGTH.size
+LENGTH_AND_NAME_LENGTH = struct.Struct("<I%dxI" % (_FIXED.size - _LEN.size))
+FIELD_LENGTH = _LEN
+CHUNKREF_SIZE = _CHUNK.size
+ENTRY_MIN = _FIXED.size + 6 * _LEN.size
 # offset in the pack, pack digest, pack length, digest of the file's content
 _PACKREF = struct.Struct("<I32sI16s")
 PACKREF_SIZE = _PACKREF.size
@@ -385,7 +395,6 @@ def scan_entries(record: bytes) -> Iterator[RawEntry]:
 
 
 _HEAD = struct.Struct("<IBB")
-_NAME_AT = _FIXED.size + _LEN.size
 
 
 def entry_head(buf: bytes, offset: int) -> Tuple[int, bytes, int, bytes]:
@@ -399,7 +408,7 @@ def entry_head(buf: bytes, offset: int) -> Tuple[int, bytes, int, bytes]:
     except struct.error as exc:
         raise RecordError("truncated entry at offset %d" % offset) from exc
     end = offset + total
-    name_at = offset + _NAME_AT
+    name_at = offset + NAME_AT
     if total < _FIXED.size + 6 * _LEN.size or end > len(buf) or name_at + name_length > end:
         raise RecordError("entry at offset %d claims %d bytes" % (offset, total))
     return end, _KIND_BYTES[kind], flags, buf[name_at:name_at + name_length]
