@@ -58,6 +58,9 @@ PACK_FILE_MAX = 64 * 1024
 # A file changed within this many ns of an earlier backup's start may have
 # changed again in the same timestamp tick after it was read: re-read it.
 SETTLE_NS = 2_000_000_000
+_FORMAT = 0o170000  # the file type bits of st_mode (stat.S_IFMT)
+# Files reused in a row between checkpoint ticks (each takes microseconds).
+TICK_EVERY = 64
 
 
 class BackupOptions:
@@ -123,8 +126,9 @@ class Backup:
         self._refused: Optional[List[bytes]] = None
         self._saved = 0  # paths saved (all failed: the backup failed)
         # The directory open on top, as the last path spelled it, while the
-        # next paths named in it can skip the walk (see _save_path).
+        # next paths named in it can skip the walk (see _save_all); and it.
         self._here: Optional[bytes] = None
+        self._here_dir = self.stack.top
 
     def run(self, paths: Iterable[bytes]) -> BackupRecord:
         """Back up ``paths``; return the finished record ("complete", or "failed" if
@@ -143,9 +147,7 @@ class Backup:
             # Checkpoints go on while the input keeps the backup waiting: that
             # wait is between paths, where the tree may be snapshotted too.
             self.readahead.on_wait = self.checkpoints.tick
-            for path in itertools.chain((first,), given):
-                self._save_path(path)
-                self.checkpoints.tick()
+            self._save_all(itertools.chain((first,), given))
             self.packer.cut()
             root = self.builder.finish_root(self.stack.close_all())
             self.store.sync()  # every object written and durable before the record
@@ -189,23 +191,69 @@ class Backup:
 
     # -- one path ------------------------------------------------------------
 
-    def _save_path(self, path: bytes) -> None:
-        # The common case: a path in the directory the last one was in (or
-        # was), which is open on top; its name is a plain one.
-        parent, _slash, name = path.rpartition(b"/")
-        if parent == self._here and name and name != b"." and name != b"..":
+    def _save_all(self, paths: Iterable[bytes]) -> None:
+        """Save each path, checkpointing between them.
+
+        The common case is done here, in one loop: a path in the directory
+        the last one was in (or was), which is open on top, whose entry at
+        that directory's cursor is reused whole (EarlierCursor.reuse); it
+        records its name as DirStack.claim would.  Anything else goes the
+        general way (_walk_to, _save_entry).
+        """
+        lstat_at = self.source.lstat_at
+        touch_all = self.savedir.objects.touch_all
+        reuse = self.builder.reuse
+        file_done = self.reporter.file_done
+        tick = self.checkpoints.tick
+        record = self.record
+        here = directory = cursor = names = None
+        moved = True  # by the general way: where it left the walk is read again
+        unticked = 0
+        for path in paths:
+            if moved:
+                moved = False
+                here, directory = self._here, self._here_dir
+                cursor = directory.cursor if directory.before is None else None
+                names = directory.names
+            parent, _slash, name = path.rpartition(b"/")
+            if parent != here or not name or name == b"." or name == b"..":
+                self._walk_to(path, None)
+                moved = True
+                tick()
+                continue
             try:
-                st = self.source.lstat_at(parent, name)
+                st = lstat_at(parent, name)
             except SourceError as exc:
                 self.reporter.error(path, str(exc))
-                return
-            if not stat.S_ISDIR(st.st_mode):
-                if not self._reuse_at_cursor(path, name, st):
-                    self._save_entry(path, name, st)
-                return
-            self._walk_to(path, st)
-        else:
-            self._walk_to(path, None)
+                continue
+            if st.st_mode & _FORMAT == stat.S_IFDIR:
+                self._walk_to(path, st)
+                moved = True
+                tick()
+                continue
+            found = cursor.reuse(name, st) if cursor is not None else None
+            if found is not None:
+                start, end, is_file, size, digests = found
+                key = hash(name) << 1
+                if (key not in names and key | 1 not in names  # type: ignore[operator]
+                        and (not digests or touch_all(digests))):
+                    names.add(key)  # type: ignore[union-attr]
+                    reuse(directory, start, end)  # type: ignore[arg-type]
+                    record.files += 1
+                    if is_file:
+                        record.bytes += size
+                        record.files_reused += 1
+                        record.bytes_reused += size
+                    self._saved += 1
+                    file_done(path, size)
+                    unticked += 1
+                    if unticked >= TICK_EVERY:
+                        unticked = 0
+                        tick()
+                    continue
+            # Changed, new, named twice or expired meanwhile: decided there.
+            self._save_entry(path, name, st)
+            tick()
 
     def _walk_to(self, path: bytes, st: Optional[os.stat_result]) -> None:
         """Save a path anywhere: open the directories on its way, then save it."""
@@ -239,6 +287,7 @@ class Backup:
         # Paths named under ``here`` from now on are in the directory open
         # on top (split_path of here + b"/" + name is parents + [name]).
         self._here = here or None
+        self._here_dir = self.stack.top
 
     def _enter(self, path: bytes, components: List[bytes]) -> bool:
         """Open the directories of ``components``; False if one was saved as a non-directory.
@@ -312,36 +361,6 @@ class Backup:
         if entry.kind in (KIND_FILE, KIND_HARDLINK):
             self.record.bytes += entry.size
         self._done(path, entry.size)
-
-    def _reuse_at_cursor(self, path: bytes, name: bytes, st: os.stat_result) -> bool:
-        """The fast path of a re-backup: the earlier entry at the directory's cursor
-        reused whole, if nothing about the file changed (EarlierCursor.reuse)."""
-        directory = self.stack.top
-        cursor = directory.cursor
-        if cursor is None or directory.before is not None:
-            return False
-        found = cursor.reuse(name, st)
-        if found is None:
-            return False
-        start, end, is_file, size, digests = found
-        key = hash(name) << 1  # as DirStack.claim records it
-        names = directory.names
-        if key in names or key | 1 in names:
-            return False  # named twice: claim() decides
-        touch = self.savedir.objects.touch
-        for digest in digests:
-            if not touch(digest):
-                return False  # expired meanwhile: the general path decides
-        names.add(key)
-        self.builder.reuse(directory, start, end)
-        record = self.record
-        record.files += 1
-        if is_file:
-            record.bytes += size
-            record.files_reused += 1
-            record.bytes_reused += size
-        self._done(path, size)
-        return True
 
     def _reuse_unchanged(self, path: bytes, name: bytes, st: os.stat_result) -> bool:
         """Copy an earlier backup's entry as it was, if nothing about the file changed.

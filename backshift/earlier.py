@@ -20,9 +20,9 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 from .catalog import BackupRecord
 from .records import (CHUNKREF_SIZE, ENTRY_MIN, FIELD_LENGTH, FIXED_AND_NAME_LENGTH,
                       FLAG_IMPLICIT, FLAG_INLINE, FLAG_PACKED, FLAG_PARTIAL, KIND_DIR, KIND_FILE,
-                      KIND_HARDLINK, KIND_SYMLINK, LENGTH_AND_NAME_LENGTH, NAME_AT,
-                      PACKREF_SIZE, ChunkRef, Entry, RawEntry, RecordError,
-                      check_record_header, decode_entry, entry_head, scan_entries)
+                      KIND_HARDLINK, KIND_SYMLINK, LENGTH_AND_NAME_LENGTH, LENGTH_KIND_FLAGS,
+                      NAME_AT, PACKREF_SIZE, ChunkRef, Entry, RawEntry, RecordError,
+                      check_record_header, decode_entry, scan_entries)
 from .recordindex import CHUNKS_AHEAD, LARGE_RECORD, RecordIndex, read_ahead
 from .tree import TreeReader
 
@@ -105,6 +105,8 @@ STREAM_AHEAD = 64 * 1024
 _NOT_REUSED = FLAG_PARTIAL | FLAG_IMPLICIT
 _FILE, _SYMLINK, _DIR = KIND_FILE[0], KIND_SYMLINK[0], KIND_DIR[0]
 _PERMISSIONS = 0o7777
+_S_IFREG, _S_IFLNK = stat.S_IFREG, stat.S_IFLNK
+_TWO_LENGTHS = struct.Struct("<II")
 
 
 class EarlierCursor:
@@ -126,7 +128,7 @@ class EarlierCursor:
     """
 
     __slots__ = ("fragment", "record", "pos", "whole", "_pieces", "_scanned", "_prefetch",
-                 "_limit", "_inode_check", "_owners")
+                 "_limit", "_inode_check", "_owners", "_uid", "_gid", "_owned")
 
     def __init__(self, fragment: Entry, pieces: Iterator[bytes], whole: bool, started: int,
                  rule: ReuseRule, prefetch: Prefetch) -> None:
@@ -140,6 +142,7 @@ class EarlierCursor:
         self._limit = started - rule.settle_ns
         self._inode_check = rule.inode_check
         self._owners = rule.owners
+        self._uid, self._gid, self._owned = -1, -1, b""  # the last owners asked for
         self._scan()
         self._fill()
 
@@ -165,16 +168,19 @@ class EarlierCursor:
         """Ask for the first chunks of the records of the subdirectories read so far."""
         record = self.record
         pos = self._scanned
-        try:
-            while pos + FIELD_LENGTH.size <= len(record):
-                if pos + FIELD_LENGTH.unpack_from(record, pos)[0] > len(record):
-                    break  # straddles into the next piece
-                end, kind, flags, _name = entry_head(record, pos)
-                if kind == KIND_DIR and not flags & FLAG_INLINE:
+        while pos + LENGTH_KIND_FLAGS.size <= len(record):
+            total, kind, flags = LENGTH_KIND_FLAGS.unpack_from(record, pos)
+            if total < ENTRY_MIN:
+                pos = len(record)  # damaged: for the readers of the record to report
+                break
+            if pos + total > len(record):
+                break  # straddles into the next piece
+            if kind == _DIR and not flags & FLAG_INLINE:
+                try:
                     self._prefetch(decode_entry(record, pos)[0].chunks[:CHUNKS_AHEAD])
-                pos = end
-        except RecordError:
-            pos = len(record)  # damage is for the readers of the record to report
+                except RecordError:
+                    pass  # as above
+            pos += total
         self._scanned = pos
 
     def _find(self, name: bytes) -> int:
@@ -223,23 +229,28 @@ class EarlierCursor:
                     or uid != st.st_uid or gid != st.st_gid or mode & ~_PERMISSIONS):
                 return None
             if kind == _FILE:
-                if st.st_mode != stat.S_IFREG | mode or size != st.st_size:
+                if st.st_mode != _S_IFREG | mode or size != st.st_size:
                     return None
-            elif kind != _SYMLINK or st.st_mode != stat.S_IFLNK | mode:
+            elif kind != _SYMLINK or st.st_mode != _S_IFLNK | mode:
                 return None
-            owners = self._owners(uid, gid)
+            if uid != self._uid or gid != self._gid:  # nearly always as the last entry's
+                self._uid, self._gid = uid, gid
+                self._owned = self._owners(uid, gid)
+            owners = self._owned
             at = start + NAME_AT + name_length
             if not record.startswith(owners, at):
                 return None
             at += len(owners)
-            (target_length,) = FIELD_LENGTH.unpack_from(record, at)
+            # The target's length and, if it is empty (a regular file), the data's.
+            target_length, data_length = _TWO_LENGTHS.unpack_from(record, at)
             if kind == _SYMLINK and target_length != st.st_size:
                 return None
-            at += FIELD_LENGTH.size + target_length
-            (data_length,) = FIELD_LENGTH.unpack_from(record, at)
+            if target_length:
+                at += target_length
+                (data_length,) = FIELD_LENGTH.unpack_from(record, at + FIELD_LENGTH.size)
         except struct.error:  # past the end of the record: the name is not there
             return None
-        at += FIELD_LENGTH.size
+        at += _TWO_LENGTHS.size
         data_end = at + data_length
         if data_end + FIELD_LENGTH.size > end:
             return None  # damaged, as above
@@ -314,12 +325,12 @@ class PreviousDir:
         self._index: Optional[Dict[bytes, List[RawEarlier]]] = None
         # Large records are indexed compactly instead (recordindex.py).
         self._large: List[Tuple[RecordIndex, int]] = []
-        self.cursor = self._cursor() if rule is not None and fragments else None
+        self.cursor = self._cursor(rule) if rule is not None and fragments else None
         # Do all the fragments hold the same record as the first?  Then what
         # the cursor finds is all there is to find.
         self._one_record = len({_record_key(entry) for entry, _started in fragments}) == 1
 
-    def _cursor(self) -> Optional[EarlierCursor]:
+    def _cursor(self, rule: ReuseRule) -> Optional[EarlierCursor]:
         first, started = self.fragments[0]
         try:
             if first.flags & FLAG_INLINE:
@@ -329,8 +340,7 @@ class PreviousDir:
             else:
                 pieces, whole = read_ahead(self._reader.read_chunk, first.chunks,
                                            self._prefetch), False
-            return EarlierCursor(first, pieces, whole, started, self._rule,  # type: ignore[arg-type]
-                                 self._prefetch)
+            return EarlierCursor(first, pieces, whole, started, rule, self._prefetch)
         except Exception:  # a damaged earlier backup only costs us re-reading
             return None
 

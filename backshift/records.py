@@ -71,6 +71,7 @@ _CHUNK = struct.Struct("<32sI")
 FIXED_AND_NAME_LENGTH = struct.Struct(_FIXED.format + "I")
 NAME_AT = FIXED_AND_NAME_LENGTH.size
 LENGTH_AND_NAME_LENGTH = struct.Struct("<I%dxI" % (_FIXED.size - _LEN.size))
+LENGTH_KIND_FLAGS = struct.Struct("<IBB")
 FIELD_LENGTH = _LEN
 CHUNKREF_SIZE = _CHUNK.size
 ENTRY_MIN = _FIXED.size + 6 * _LEN.size
@@ -394,7 +395,6 @@ def scan_entries(record: bytes) -> Iterator[RawEntry]:
         offset = entry.end
 
 
-_HEAD = struct.Struct("<IBB")
 
 
 def entry_head(buf: bytes, offset: int) -> Tuple[int, bytes, int, bytes]:
@@ -403,7 +403,7 @@ def entry_head(buf: bytes, offset: int) -> Tuple[int, bytes, int, bytes]:
     Checks that the entry's length and name lie within ``buf``; the other
     fields are checked when the entry is decoded."""
     try:
-        total, kind, flags = _HEAD.unpack_from(buf, offset)
+        total, kind, flags = LENGTH_KIND_FLAGS.unpack_from(buf, offset)
         (name_length,) = _LEN.unpack_from(buf, offset + _FIXED.size)
     except struct.error as exc:
         raise RecordError("truncated entry at offset %d" % offset) from exc

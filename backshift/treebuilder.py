@@ -182,8 +182,9 @@ class TreeBuilder:
 
 def _write_out(directory: OpenDir) -> None:
     """The record so far is no longer its earlier one's prefix: give it to the writer."""
-    if directory.same > RECORD_HEADER.size:
-        directory.writer.add(directory.cursor.record[RECORD_HEADER.size:directory.same])  # type: ignore[union-attr]
+    cursor = directory.cursor
+    if cursor is not None and directory.same > RECORD_HEADER.size:
+        directory.writer.add(cursor.record[RECORD_HEADER.size:directory.same])
     directory.same = -1
 
 
