@@ -472,3 +472,43 @@ def test_gnu_format_says_how_many_entries_lose_attributes(saved):
     assert result.stderr.decode() == ("backshift: note: 4 entries have extended attributes or "
                                       "ACLs that gnu format cannot hold; --tar-format pax "
                                       "keeps them\n")
+
+
+def test_plain_headers_are_tarfiles_to_the_byte():
+    # Headers of common members are encoded directly (tarheader.plain_block);
+    # every field at and around its limits must come out as tarfile makes it,
+    # and what does not fit is left to tarfile (base-256, long names).
+    import random
+    from backshift.tarheader import Member, _tarinfo, encode_header, plain_block
+    rng = random.Random(15)
+    names = [b"a", b"dir/f" * 19 + b"xxxxx", b"x" * 101, "é/ü".encode(), b"\xff\xfe-not-utf8",
+             b"n" * 99, b"sp ace/new\nline"]
+    kinds = [(b"f", tarfile.REGTYPE), (b"d", tarfile.DIRTYPE), (b"l", tarfile.SYMTYPE),
+             (b"h", tarfile.LNKTYPE), (b"p", tarfile.FIFOTYPE), (b"c", tarfile.CHRTYPE),
+             (b"b", tarfile.BLKTYPE)]
+    edges = [0, 1, 8 ** 7 - 1, 8 ** 7, 8 ** 11 - 1, 8 ** 11, -1]
+    made = set()
+    for _ in range(3000):
+        kind, type_ = rng.choice(kinds)
+        entry = Entry(rng.choice(names), kind, mode=rng.choice([0o644, 0o7777, 0o100755, 0]),
+                      uid=rng.choice(edges + [1000]), gid=rng.choice(edges + [0]),
+                      mtime_ns=rng.choice(edges + [1_700_000_000]) * 10 ** 9
+                      + rng.choice([0, 999_999_999]),
+                      uname=rng.choice([b"root", b"u" * 32, b"u" * 33, b""]),
+                      gname=rng.choice([b"wheel", b"g" * 32, b"\xe9quipe"]),
+                      rdev_major=rng.choice(edges[:4]), rdev_minor=rng.choice(edges[:4]))
+        member = Member(entry.name, entry, type_, rng.choice([b"", b"t" * 100, b"t" * 101]))
+        member.size = rng.choice(edges + [4096]) if type_ == tarfile.REGTYPE else 0
+        for fmt, magic in ((tarfile.GNU_FORMAT, tarfile.GNU_MAGIC),
+                           (tarfile.USTAR_FORMAT, tarfile.POSIX_MAGIC)):
+            try:
+                expected = _tarinfo(member).tobuf(fmt, "utf-8", "surrogateescape")
+            except ValueError:
+                expected = None
+            block = plain_block(member, magic)
+            made.add(block is not None)
+            if block is not None:
+                assert block == expected, (member.name, entry, fmt)
+            elif expected is not None:
+                assert encode_header(member, fmt) == expected
+    assert made == {True, False}
