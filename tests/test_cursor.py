@@ -27,7 +27,8 @@ from backshift.records import (FLAG_IMPLICIT, FLAG_INLINE, FLAG_PACKED, FLAG_PAR
 from backshift.report import Reporter
 from backshift.savedir import SaveDir
 from backshift.sourcefs import SourceTree
-from helpers import NO_SETTLE, write
+from backshift.tree import TreeReader
+from helpers import write
 
 SECOND = 1_000_000_000
 
@@ -182,3 +183,43 @@ def test_a_name_given_twice_is_saved_once_on_a_rebackup(savedir, tmp_path, monke
     listed = helpers.run_ok(["--save-directory", savedir, "--list-backup-simply",
                              "--backup-id", second.record.backup_id]).stdout.splitlines()
     assert sorted(listed) == sorted(set(listed)) and len(listed) == 6
+
+
+class FrozenHalfWay(Backup):
+    """A backup that, after ``at`` paths, stores its tree as a checkpoint would."""
+
+    def __init__(self, savedir: SaveDir, options: BackupOptions, at: int) -> None:
+        super().__init__(savedir, options, Reporter(io.StringIO()))
+        self.at = at
+        self.frozen: List = []
+
+    def _save_all(self, paths) -> None:
+        paths = iter(paths)
+        super()._save_all(next(paths) for _ in range(self.at))
+        self.frozen = self._freeze(False).store(self.store, self.compressor)
+        self.store.drain()
+        super()._save_all(paths)
+
+
+def test_a_checkpoint_of_an_unchanged_tree_holds_what_was_saved_so_far(savedir, tmp_path,
+                                                                      monkeypatch):
+    # Directories still equal to their earlier records are not written out
+    # while the re-backup runs: a checkpoint must store them as they are.
+    monkeypatch.chdir(tmp_path)
+    for n in range(120):
+        write(str(tmp_path / "src" / ("d%d" % (n % 4)) / ("f%03d" % n)), b"%d\n" % n * n)
+    helpers.outgrow_inline_record(str(tmp_path / "src" / "d2"))
+    paths = _find("src", str(tmp_path))
+    _backup_in_process(savedir, paths)
+    at = paths.index(b"src/d2") + 50  # half-way through d2, which has its own objects
+    backup = FrozenHalfWay(SaveDir(savedir, "host", durable=False),
+                           BackupOptions("s", "host", settle_ns=0), at)
+    backup.run(iter(paths))
+    assert backup.record.files_reused == 120 + 80
+    reader = TreeReader(backup.savedir.objects)
+    final = {path: encode_entry(entry) for path, entry in reader.walk(backup.record.root)}
+    frozen = {path: entry for path, entry in reader.walk(backup.frozen)}
+    assert sorted(frozen) == sorted(paths[:at])
+    for path, entry in frozen.items():
+        if entry.kind != b"d":
+            assert encode_entry(entry) == final[path], path
