@@ -328,7 +328,8 @@ class PreviousDir:
         self.cursor = self._cursor(rule) if rule is not None and fragments else None
         # Do all the fragments hold the same record as the first?  Then what
         # the cursor finds is all there is to find.
-        self._one_record = len({_record_key(entry) for entry, _started in fragments}) == 1
+        self._one_record = len(fragments) == 1 or \
+            len({_record_key(entry) for entry, _started in fragments}) == 1
 
     def _cursor(self, rule: ReuseRule) -> Optional[EarlierCursor]:
         first, started = self.fragments[0]
