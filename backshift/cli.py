@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("--filelist", metavar="FILE",
                         help="read the NUL-separated paths from FILE instead of stdin")
     backup.add_argument("--compression", metavar="CODEC[:LEVEL]", default="xz",
-                        help="xz[:0-9] (default xz:1), zlib[:0-9], bz2[:1-9] or none")
+                        help="xz[:0-9] (default xz:1), zlib[:0-9] (default zlib:1), bz2[:1-9] or none")
     backup.add_argument("--progress-report", choices=LEVELS,
                         help="progress on stderr (default: full on a terminal, else none)")
     backup.add_argument("--no-stats", action="store_true",
