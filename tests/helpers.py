@@ -1,5 +1,7 @@
-"""Helpers for tests: run backshift and tar as real processes, compare trees."""
+"""Helpers for tests: run backshift (in this process or as one of its own) and tar, compare trees."""
 
+import contextlib
+import io
 import json
 import os
 import stat
@@ -8,6 +10,7 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
+from backshift.cli import main
 from backshift.objectstore import ObjectStore
 from backshift.records import FLAG_PACKED, Entry
 from backshift.savedir import SaveDir
@@ -40,8 +43,42 @@ def wait_until(predicate: Callable[[], object], timeout: float = 120.0,
         time.sleep(0.005)
 
 
-def run(args: Sequence[str], input: Optional[bytes] = None, cwd: Optional[str] = None,
-        timeout: float = 300) -> subprocess.CompletedProcess:
+def run(args: Sequence[str], input: Optional[bytes] = None,
+        cwd: Optional[str] = None) -> subprocess.CompletedProcess:
+    """backshift's command line run in this process (backshift.cli.main), as
+    bin/backshift runs it but without starting an interpreter each time.
+
+    Its exit status, stdout and stderr (encoded as Python encodes a
+    process's stderr) are returned as subprocess.run returns them.  One
+    call at a time (``cwd`` changes this process's directory meanwhile).
+    Tests of the process itself (its launcher, streams, signals), of
+    several writers at once, or of races with a thread of the test use
+    run_process.
+    """
+    stdout = io.BytesIO()
+    stderr = io.StringIO()
+    text_stdout = io.StringIO()  # argparse's --help and --version
+    here = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(text_stdout), contextlib.redirect_stderr(stderr):
+            try:
+                status = main(list(args), io.BytesIO(input or b""), stdout, stderr)
+            except SystemExit as exc:
+                status = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        if cwd is not None:
+            os.chdir(here)
+    return subprocess.CompletedProcess(
+        BACKSHIFT + list(args), status,
+        stdout.getvalue() + text_stdout.getvalue().encode(),
+        stderr.getvalue().encode("utf-8", "backslashreplace"))
+
+
+def run_process(args: Sequence[str], input: Optional[bytes] = None, cwd: Optional[str] = None,
+                timeout: float = 300) -> subprocess.CompletedProcess:
+    """bin/backshift as a process of its own."""
     return subprocess.run(BACKSHIFT + list(args), input=input, cwd=cwd, timeout=timeout,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

@@ -42,7 +42,8 @@ def test_help_shows_the_seed_examples_and_exit_codes():
 
 
 def test_version_from_launcher_and_as_module(tmp_path):
-    assert helpers.run_ok(["--version"]).stdout.decode().strip() == "backshift " + __version__
+    result = helpers.run_process(["--version"])
+    assert result.returncode == 0 and result.stdout.decode().strip() == "backshift " + __version__
     env = dict(os.environ, PYTHONPATH=helpers.REPO)
     result = subprocess.run([sys.executable, "-m", "backshift", "--version"], cwd=str(tmp_path),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
