@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
@@ -59,6 +60,7 @@ def run(args: Sequence[str], input: Optional[bytes] = None,
     stderr = io.StringIO()
     text_stdout = io.StringIO()  # argparse's --help and --version
     here = os.getcwd()
+    threads = set(threading.enumerate())
     try:
         if cwd is not None:
             os.chdir(cwd)
@@ -67,6 +69,11 @@ def run(args: Sequence[str], input: Optional[bytes] = None,
                 status = main(list(args), io.BytesIO(input or b""), stdout, stderr)
             except SystemExit as exc:
                 status = exc.code if isinstance(exc.code, int) else 1
+        # As a process ends: once its threads have (a read-ahead hint may be
+        # finishing with a file, relative to ``cwd``).
+        for thread in set(threading.enumerate()) - threads:
+            if not thread.daemon:
+                thread.join()
     finally:
         if cwd is not None:
             os.chdir(here)
