@@ -35,11 +35,15 @@ def _rebackup(savedir: str, top: str, order: str) -> str:
     paths = helpers.find_print0(top).split(b"\0")[:-1]
     if order == "shuffled":
         random.Random(4).shuffle(paths)
+    before = set(helpers.list_ids(savedir))
     result = helpers.run_ok(["--save-directory", savedir, "--backup", "--subset", "huge",
                              "--no-fsync", "--settle-time", "0"],
                             input=b"\0".join(paths) + b"\0")
     assert not result.stderr, result.stderr
-    return helpers.list_ids(savedir)[-1]
+    # The new id, not the last in order: ids name only the second a backup
+    # started, and two in one second sort by their random tails.
+    (new,) = set(helpers.list_ids(savedir)) - before
+    return new
 
 
 def test_a_huge_directory_is_reused_from_the_compact_index_and_restores_exactly(tmp_path):
