@@ -6,6 +6,7 @@ save directory, unknown backup id).
 """
 
 import argparse
+import contextlib
 import errno
 import io
 import os
@@ -373,9 +374,10 @@ def _verbose(args: argparse.Namespace, stderr) -> bool:
     return level not in (None, "none") or (level is None and is_terminal(stderr))
 
 
-def _paths(args: argparse.Namespace, stdin: BinaryIO) -> Iterable[bytes]:
+def _paths(args: argparse.Namespace, stdin: BinaryIO,
+           closing: contextlib.ExitStack) -> Iterable[bytes]:
     if args.filelist:
-        handle = open(args.filelist, "rb")
+        handle = closing.enter_context(open(args.filelist, "rb"))
         return iter_nul_paths(handle, args.filelist)
     if is_terminal(stdin):
         # Nobody types NUL-separated paths: the find pipe was forgotten.
@@ -406,8 +408,9 @@ def _backup(args: argparse.Namespace, savedir: SaveDir, hostname: str, stdin: Bi
                             settle_ns=int(args.settle_time * 1e9))
     # Opened by run_backup inside its progress report, which it ends however
     # the opening goes (a --filelist missing, stdin a terminal).
-    return run_backup(savedir, options, level, args.json, lambda: _paths(args, stdin),
-                      stdout, stderr)
+    with contextlib.ExitStack() as closing:
+        return run_backup(savedir, options, level, args.json,
+                          lambda: _paths(args, stdin, closing), stdout, stderr)
 
 
 def entry_point() -> None:
