@@ -163,6 +163,10 @@ def test_filelist_missing_and_present(tmp_path, savedir):
     names = helpers.run_ok(["--save-directory", savedir, "--list-backup-simply",
                             "--backup-id", backup_id]).stdout.split(b"\n")
     assert b"src/sub/b.txt" in names
+    # Run in this process (helpers.run), the program left the list closed.
+    open_files = [os.readlink("/proc/self/fd/" + fd) for fd in os.listdir("/proc/self/fd")
+                  if os.path.exists("/proc/self/fd/" + fd)]
+    assert str(listing) not in open_files
 
 
 def test_unknown_backup_id_lists_recent_ids(tmp_path, savedir):
