@@ -3,17 +3,31 @@
 Every writer of the save directory (objects, backup records, the format
 file) writes this way, so a reader never sees a partial file.  The
 temporary file's name says which host and process wrote it
-(``.tmp-<host>-<pid>-<random>``), so a leftover of a writer that is
-provably dead can be removed at once.
+(``.tmp-<host>-<pid space>-<pid>-<random>``, FORMAT.md "Writing rule"), so
+a leftover of a writer that is provably dead can be removed at once.
+
+A pid alone proves nothing: machines may share a host name (two called
+"web" writing one save directory), and containers on one machine have
+pid namespaces of their own.  So the name carries a *pid space* token:
+a digest of the machine's name, its boot id and the pid namespace, which
+a process can compare with its own.  Where the token cannot be made (no
+/proc), names carry none, and no one can prove their writer dead.
 """
 
 import errno
+import functools
+import hashlib
 import os
 import re
 import socket
+from typing import Iterable, Optional
 
 TEMP_PREFIX = ".tmp-"
-_TEMP_NAME = re.compile(r"^\.tmp-(.+)-(\d+)-[0-9a-f]{12}$")
+# .tmp-<host>-<pid space>-<pid>-<random>; earlier versions (and systems
+# without a pid space token) wrote .tmp-<host>-<pid>-<random>.
+_TEMP_NAME = re.compile(r"^\.tmp-.+-([0-9a-f]{16})-(\d+)-[0-9a-f]{12}$")
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+PID_NAMESPACE = "/proc/self/ns/pid"
 
 
 def safe_hostname(hostname: str) -> str:
@@ -21,9 +35,30 @@ def safe_hostname(hostname: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in hostname)
 
 
+@functools.lru_cache(maxsize=1)
+def pid_space() -> Optional[str]:
+    """16 hex digits naming where this process's pid means something: this machine
+    (by name), since its last boot, in this pid namespace; None if unknown.
+
+    Fixed for a process's life (computed once).
+    """
+    try:
+        with open(BOOT_ID, "rb") as handle:
+            boot = handle.read().strip()
+        namespace = os.readlink(PID_NAMESPACE).encode()
+    except OSError:
+        return None
+    if not boot:
+        return None
+    node = socket.gethostname().encode()
+    return hashlib.blake2b(b"\0".join((node, boot, namespace)), digest_size=8).hexdigest()
+
+
 def unique_suffix(hostname: str) -> str:
     """A name part no other writer (host, process) will choose."""
-    return "%s-%d-%s" % (safe_hostname(hostname), os.getpid(), os.urandom(6).hex())
+    space = pid_space()
+    return "%s-%s%d-%s" % (safe_hostname(hostname), space + "-" if space else "", os.getpid(),
+                           os.urandom(6).hex())
 
 
 def write_file_atomically(directory: str, name: str, data: bytes, hostname: str,
@@ -95,14 +130,15 @@ def this_host() -> str:
 
 
 def writer_is_dead(name: str) -> bool:
-    """Is the temporary file ``name`` provably abandoned: written on this host by a process
-    that no longer exists?
+    """Is the temporary file ``name`` provably abandoned: written in this pid space
+    (machine, boot, pid namespace: ``pid_space``) by a process that no longer exists?
 
-    Only this host's processes can be asked, and only about pids: a pid
-    that exists again (reused) counts as alive, which errs on the safe side.
+    A name without a pid space token proves nothing.  A pid that exists
+    again (reused) counts as alive, which errs on the safe side.
     """
     match = _TEMP_NAME.match(name)
-    if match is None or match.group(1) != safe_hostname(this_host()):
+    space = pid_space()
+    if match is None or space is None or match.group(1) != space:
         return False
     pid = int(match.group(2))
     if pid == os.getpid():
@@ -125,3 +161,10 @@ def remove_if_writer_dead(path: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def remove_dead_writers_files(directory: str, names: Iterable[str]) -> int:
+    """Remove the temporary files among ``names`` (listed in ``directory``) whose writers
+    are provably dead; how many were removed."""
+    return sum(remove_if_writer_dead(os.path.join(directory, name)) for name in names
+               if name.startswith(TEMP_PREFIX))

@@ -12,7 +12,8 @@ the concern that owns it.
 * metadata.py   stat fields, owners, extended attributes;
 * filesaver.py  a regular file's content (reused, inline, packed, chunked);
 * treebuilder.py directory records, and entries pending until a pack cut;
-* checkpoint.py the tree so far, published as an unfinished record.
+* checkpoint.py the tree so far, published as an unfinished record;
+* readahead.py  the input taken ahead, and the kernel told of the files.
 
 A file whose metadata matches an earlier backup of the same host and subset
 is not read again: in the common case (one link, nothing changed) the
@@ -20,11 +21,13 @@ earlier entry's bytes are copied as they are, after confirming (and
 touching, for expiry) every object it names.
 """
 
+import contextlib
 import itertools
 import os
 import stat
 from typing import Iterable, List, Optional
 
+from .atomic import remove_if_writer_dead
 from .catalog import STATE_COMPLETE, STATE_FAILED, BackupRecord, make_backup_id, utc_now
 from .checkpoint import Checkpointer
 from .chunking import DATA_PARAMS, METADATA_PARAMS, Chunker
@@ -36,14 +39,15 @@ from .filesaver import FileSaver
 from .metadata import Metadata, copy_xattrs
 from .packing import Packer
 from .pathinput import InputError
-from .pipeline import ReadAhead, RecordCache, StorePipeline
+from .pipeline import RecordCache, StorePipeline
+from .readahead import ReadAhead
 from .records import (FLAG_IMPLICIT, FLAG_PARTIAL, KIND_DIR, KIND_FILE, KIND_HARDLINK,
-                      PACKREF_SIZE, ChunkRef, Entry, RecordError)
+                      PACKREF_SIZE, Entry, RecordError)
 from .report import Reporter
 from .savedir import SaveDir
 from .sourcefs import SourceError, SourceTree
 from .tree import TreeReader, split_path
-from .treebuilder import DIR_INLINE_MAX, TreeBuilder
+from .treebuilder import DIR_INLINE_MAX, FrozenTree, TreeBuilder
 
 __all__ = ["Backup", "BackupOptions", "DIR_INLINE_MAX", "INLINE_MAX", "PACK_FILE_MAX",
            "SETTLE_NS"]
@@ -93,7 +97,7 @@ class Backup:
         self.record.checkpoint_interval = options.checkpoint_interval
         # Compression and writing run in worker threads (pipeline.py).
         self.store = StorePipeline(savedir.objects)
-        compressor = Compressor(options.compression)
+        self.compressor = compressor = Compressor(options.compression)
         self.builder = TreeBuilder(self.store, Chunker(METADATA_PARAMS), compressor)
         self.packer = Packer(self.store.put, compressor, self._pack_cut)
         self.source = SourceTree()
@@ -102,8 +106,8 @@ class Backup:
         self.records = RecordCache(savedir.objects)
         self.metadata = Metadata(self.source, self.reporter)
         self.checkpoints = Checkpointer(options.checkpoint_interval, self.record,
-                                        savedir.catalog, self.store, self._snapshot,
-                                        self._update)
+                                        savedir.catalog, self.store, self._freeze,
+                                        self._update, compressor)
         previous = choose_previous(savedir.catalog.records(), options.hostname, options.subset)
         moved = ContentIndex(TreeReader(savedir.objects), previous[0].root or []) \
             if previous else None
@@ -134,6 +138,10 @@ class Backup:
             first = next(given, None)  # an input naming nothing is no backup
             if first is None:
                 raise InputError("the input names no path; nothing recorded")
+            # Leftovers of this machine's dead writers go (FORMAT.md, "Writing
+            # rule"); object directories are swept as they are listed.
+            for path in self.savedir.catalog.temp_files():
+                remove_if_writer_dead(path)
             self.savedir.catalog.write(self.record)
             # Checkpoints go on while the input keeps the backup waiting: that
             # wait is between paths, where the tree may be snapshotted too.
@@ -164,10 +172,12 @@ class Backup:
     def _pack_cut(self) -> None:
         self.builder.resolve(self.stack.dirs)
 
-    def _snapshot(self, partial: Optional[Entry]) -> List[ChunkRef]:
-        """The tree so far, stored for a checkpoint."""
-        self.packer.cut()  # no entry may be pending in what is published
-        return self.builder.snapshot(self.stack.dirs, partial)
+    def _freeze(self, reading: bool) -> FrozenTree:
+        """The tree so far, for a checkpoint; ``reading``: the pack is stored at once,
+        not behind the chunks of the file being read."""
+        with self.store.at_once() if reading else contextlib.nullcontext():
+            self.packer.cut()  # no entry may be pending in what is published
+            return self.builder.freeze(self.stack.dirs)
 
     def _stored_fragments(self, components: List[bytes]) -> List[Entry]:
         """Fragments of a directory this backup has stored so far (it is re-entered).
@@ -175,7 +185,7 @@ class Backup:
         Rare (only input out of find order comes back to a directory), so
         done simply: the tree so far is stored as for a checkpoint and read.
         """
-        root = self._snapshot(None)
+        root = self._freeze(False).store(self.store, self.compressor)
         self.store.drain()  # so that what was just stored can be read back
         try:
             return TreeReader(self.savedir.objects).lookup(root, b"/".join(components))

@@ -178,6 +178,14 @@ class Compressor:
         return codec, payload
 
 
+def quick(compressor: Compressor) -> Compressor:
+    """``compressor``, or zlib where it is a slow one (xz, bz2): for a few small objects
+    that must not keep their writer waiting."""
+    if compressor.spec.name in ("none", "zlib"):
+        return compressor
+    return Compressor(CompressionSpec("zlib", DEFAULT_LEVELS["zlib"]))
+
+
 def decompress(codec: int, payload: bytes) -> bytes:
     """Inverse of Compressor.compress; raises ValueError on unknown or corrupt data.
 

@@ -32,7 +32,7 @@ import time
 from typing import BinaryIO, Iterable, Iterator, List, Optional, Sequence, Set, TextIO, Tuple
 
 from .catalog import BackupRecord, CatalogError
-from .atomic import TEMP_PREFIX, fsync_directory, unique_suffix
+from .atomic import TEMP_PREFIX, fsync_directory, remove_if_writer_dead, unique_suffix
 from .objectstore import DIGEST_SIZE, ObjectStore
 from .records import ChunkRef
 from .report import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, StatusLine, human_bytes
@@ -425,7 +425,11 @@ class Expiry:
     # -- leftovers of dead writers ---------------------------------------------
 
     def _remove_temporaries(self, now: float) -> None:
+        """Those of writers provably dead, and any older than a day (FORMAT.md)."""
         for path in list(self.objects.temp_files()) + list(self.catalog.temp_files()):
+            if remove_if_writer_dead(path):
+                self.temps_removed += 1
+                continue
             try:
                 if now - os.lstat(path).st_mtime > TEMP_MAX_AGE:
                     os.unlink(path)

@@ -14,7 +14,7 @@ import os
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from .catalog import BackupRecord
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, FileInProgress
 from .chunking import Chunker
 from .compression import Compressor
 from .contentindex import ContentIndex
@@ -22,9 +22,10 @@ from .earlier import PreviousDir, unchanged
 from .metadata import Metadata, copy_xattrs
 from .objectstore import ObjectStore, digest_of
 from .packing import Packer, content_digest
-from .pipeline import ReadAhead, StorePipeline
-from .records import (FLAG_INLINE, FLAG_PACKED, FLAG_PARTIAL, FLAG_SPARSE, KIND_FILE,
-                      KIND_HARDLINK, SPARSE_KEY, ChunkRef, Entry, RecordError, encode_extents)
+from .pipeline import StorePipeline
+from .readahead import ReadAhead
+from .records import (FLAG_INLINE, FLAG_PACKED, FLAG_PARTIAL, FLAG_SPARSE, KIND_HARDLINK,
+                      SPARSE_KEY, ChunkRef, Entry, RecordError, encode_extents)
 from .report import Reporter
 from .sourcefs import SourceFile, SourceTree
 from .tree import split_path
@@ -214,21 +215,14 @@ class FileSaver:
 
     def _store_stream(self, entry: Entry, read: Callable[[int], bytes],
                       done: Optional[List[ChunkRef]] = None) -> List[ChunkRef]:
-        chunks: List[ChunkRef] = list(done or [])
-
-        def partial() -> Entry:
-            """The file as far as read, for a checkpoint (FORMAT.md, PARTIAL)."""
-            return Entry(entry.name, KIND_FILE, flags=FLAG_PARTIAL, mode=entry.mode,
-                         uid=entry.uid, gid=entry.gid, mtime_ns=entry.mtime_ns,
-                         ctime_ns=entry.ctime_ns, ino=entry.ino, size=entry.size,
-                         nlink=entry.nlink, chunks=list(chunks))
-
+        # What a checkpoint shows of the file meanwhile (FORMAT.md, PARTIAL).
+        progress = FileInProgress(entry, done or [], self._store.submitted)
         for piece in self._chunker.chunks(read):
             digest = digest_of(piece)
             self._store.put(piece, self._compressor, digest)
-            chunks.append((digest, len(piece)))
-            self._checkpoints.tick(partial)
-        return chunks
+            progress.add((digest, len(piece)), self._store.submitted)
+            self._checkpoints.tick(progress)
+        return list(progress.chunks)
 
 
 def _copy_sparse_map(source: Entry, entry: Entry) -> None:

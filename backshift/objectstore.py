@@ -21,7 +21,8 @@ import struct
 import threading
 from typing import Callable, Dict, Iterator, List, Optional, Protocol, Set, Tuple
 
-from .atomic import TEMP_PREFIX, drop_from_cache, fsync_directory, write_file_atomically
+from .atomic import (TEMP_PREFIX, drop_from_cache, fsync_directory, remove_dead_writers_files,
+                     write_file_atomically)
 from .compression import CODEC_NAMES, CODEC_NONE, CODEC_XZ, Compressor, decompress
 
 OBJECTS_DIR = "objects"
@@ -155,11 +156,14 @@ class ObjectStore:
         """Store ``data`` unless already present; return its digest."""
         if digest is None:
             digest = digest_of(data)
-        if not self._listed_absent(digest) and self.touch(digest):
-            return digest
-        codec, payload = compressor.compress(data)
-        self.put_encoded(digest, codec, len(data), payload)
+        if not self.touch_if_present(digest):
+            codec, payload = compressor.compress(data)
+            self.put_encoded(digest, codec, len(data), payload)
         return digest
+
+    def touch_if_present(self, digest: bytes) -> bool:
+        """Is the object present (then touched), the first step of ``put``?"""
+        return not self._listed_absent(digest) and self.touch(digest)
 
     def _listed_absent(self, digest: bytes) -> bool:
         """Is the object surely new, by a listing of its (small) directory?
@@ -170,11 +174,15 @@ class ObjectStore:
         round trip for all its names).  A listing that is stale (another
         writer stored the object since) only makes this writer store the
         same bytes again, which is success (FORMAT.md, "Writing rule").
+        Temporary files the listing shows of writers provably dead go.
         """
         hexdigest = digest.hex()
         prefix = hexdigest[:2]
         if prefix not in self._listings:
-            listing = _small_listing(os.path.join(self.root, prefix))
+            directory = os.path.join(self.root, prefix)
+            listing = _small_listing(directory)
+            if listing is not None:
+                remove_dead_writers_files(directory, listing)
             with self._lock:
                 self._listings.setdefault(prefix, listing)
         names = self._listings[prefix]

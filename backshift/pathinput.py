@@ -13,7 +13,7 @@ class NulPaths:
     """Paths from a NUL-separated byte stream (find -print0), never decoded.
 
     Iterating gives one path at a time; ``batches`` gives, read by read,
-    the paths each read completed (pipeline.ReadAhead hands them on so).
+    the paths each read completed (readahead.ReadAhead hands them on so).
     Input that names no path raises InputError, and so does input with
     newlines and no NUL byte: a list from find without -print0, which
     would otherwise be taken for one long path.  Both are known before the

@@ -13,18 +13,17 @@ spends most of its time in exactly those calls, so:
   the reader is.  ``drain`` waits until everything handed over is written;
   ``sync`` also makes the renames durable, so anything that *refers* to
   objects (a checkpoint, the final backup record) is published only after
-  it.  Each object still goes through ``ObjectStore.put``, so an object that
-  is already present is touched (expiry relies on that), not rewritten.
+  it.  Each object still goes through ``ObjectStore.put``'s steps, so an
+  object that is already present is touched (expiry relies on that), not
+  rewritten.  Compressions run one a core, oldest first, so objects are
+  written about in the order handed over (``written_through``, which a
+  checkpoint waits for, advances steadily); ``at_once`` stores in the
+  calling thread, ahead of the queue (what a checkpoint itself needs).
 
 * ``RecordCache`` reads directory records of earlier backups ahead of a
   backup's walk: when a directory's earlier record has been read, those of
   its subdirectories are read and decompressed in the background, so that
   comparing an unchanged tree waits little for the disk or for xz.
-
-* ``ReadAhead`` asks the kernel to start reading the next files named on
-  the input while the current one is handled: a backup that reads one small
-  file after another otherwise waits one disk round trip per file.  It
-  pauses while the backup reads nothing (files reused unread).
 
 * ``Prefetcher`` does the reverse for restores: while tar data of one chunk
   is written to stdout, the next chunks are read, decompressed and verified
@@ -36,9 +35,9 @@ its next call, so errors are not lost.
 """
 
 import collections
+import contextlib
+import heapq
 import os
-import queue
-import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
@@ -54,11 +53,8 @@ EXTRA_IO_WORKERS = 6
 # Enough chunks in flight for every worker to have the next one queued,
 # small enough not to matter next to the rest of a backup's memory.
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-# Paths read ahead of the one being backed up, and how much of each file
-# the kernel is asked to fetch (its own readahead continues from there).
-READAHEAD_PATHS = 128
-READAHEAD_BYTES = 1024 * 1024
-# How often a caller waiting for the store's workers is called back (on_wait).
+# How often a caller waiting for the store's workers, or for input
+# (readahead.py), is called back (on_wait).
 WAIT_TICK = 0.2
 
 
@@ -83,6 +79,8 @@ class StorePipeline:
         # with their sizes and numbers in the order handed over.
         self._pending: Dict[bytes, Tuple["Future[bytes]", int, int]] = {}
         self.submitted = 0  # objects handed over so far
+        self._at_once = False  # put stores in the calling thread (``at_once``)
+        self._turns = _Turns(os.cpu_count() or 1)
         # Called every WAIT_TICK seconds while put, drain or sync waits for
         # a worker (a backup's checkpoints must go on meanwhile).
         self.on_wait: Optional[Callable[[], None]] = None
@@ -107,18 +105,45 @@ class StorePipeline:
         """Hand ``data`` over for storing; return its digest."""
         if digest is None:
             digest = digest_of(data)
+        if self._at_once:
+            return self._put_here(data, compressor, digest)
         if digest in self._pending:
             return digest  # the same content is already on its way
         self._reap()
         while self._pending and self._pending_bytes + len(data) > self.max_bytes:
             self._wait_oldest()
-        future = self._pool.submit(self.objects.put, data, compressor, digest)
+        future = self._pool.submit(self._store, data, compressor, digest, self.submitted)
         self._pending[digest] = (future, len(data), self.submitted)
         self.submitted += 1
         self._pending_bytes += len(data)
         self.handed_bytes += len(data)
         future.add_done_callback(lambda _future, size=len(data): self._written(size))
         self.peak_bytes = max(self.peak_bytes, self._pending_bytes)
+        return digest
+
+    def _store(self, data: bytes, compressor: Compressor, digest: bytes, number: int) -> bytes:
+        """In a worker: ``ObjectStore.put``, compressing in turn."""
+        if not self.objects.touch_if_present(digest):
+            with self._turns.turn(number):
+                codec, payload = compressor.compress(data)
+            self.objects.put_encoded(digest, codec, len(data), payload)
+        return digest
+
+    @contextlib.contextmanager
+    def at_once(self) -> Iterator[None]:
+        """Within this, ``put`` stores each object in the calling thread before it returns,
+        ahead of the queue; such objects are not counted in ``submitted``."""
+        self._at_once = True
+        try:
+            yield
+        finally:
+            self._at_once = False
+
+    def _put_here(self, data: bytes, compressor: Compressor, digest: bytes) -> bytes:
+        # An object also queued is written twice, which is success (atomic.py).
+        self.objects.put(data, compressor, digest)
+        self.handed_bytes += len(data)
+        self._written(len(data))
         return digest
 
     @property
@@ -177,6 +202,39 @@ class StorePipeline:
         self._pool.shutdown(wait=True)
         self._pending.clear()
         self._pending_bytes = 0
+
+
+class _Turns:
+    """Lets compressions run ``slots`` at a time (a core each), oldest first.
+
+    More at once would only share the cores: all the objects in flight
+    would be written late and together.  In turn, objects are written about
+    in the order handed over and the oldest soon, which is what a checkpoint
+    waits for (``written_through``).  The other workers meanwhile wait in
+    fsync, or here.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self._slots = slots
+        self._running = 0
+        self._waiting: List[int] = []  # a heap of the numbers waiting for a turn
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def turn(self, number: int) -> Iterator[None]:
+        with self._changed:
+            heapq.heappush(self._waiting, number)
+            while self._running >= self._slots or self._waiting[0] != number:
+                self._changed.wait()
+            heapq.heappop(self._waiting)
+            self._running += 1
+            self._changed.notify_all()  # the next oldest may have a slot too
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._running -= 1
+                self._changed.notify_all()
 
 
 class RecordCache:
@@ -324,159 +382,3 @@ class Prefetcher:
         self._running.clear()
         self._announced.clear()
         self._pool.shutdown(wait=True)
-
-
-class ReadAhead:
-    """Hints the kernel to read the files of upcoming paths (POSIX_FADV_WILLNEED).
-
-    ``paths`` passes the input through unchanged and without delay: a
-    thread takes paths from the input as they arrive (at most ``depth``
-    ahead of the backup, so memory stays bounded) and another lstats each
-    and, for a regular file, opens it (O_NOFOLLOW, O_NONBLOCK) just long
-    enough to give the hint.  Nothing is read into this process, nothing is
-    changed, errors are ignored: the backup's own safe open decides
-    everything.  A plain pass-through where posix_fadvise is missing.
-    """
-
-    def __init__(self, depth: int = READAHEAD_PATHS) -> None:
-        self.depth = depth
-        self.advised = 0
-        self._hints: "queue.SimpleQueue[Optional[Tuple[int, bytes]]]" = queue.SimpleQueue()
-        self._done = 0  # index of the next path the backup will take
-        self._last_read = 0  # index of the last path whose content the backup read
-        self._threads: List[threading.Thread] = []
-        self._stop = threading.Event()
-        # Called every WAIT_TICK seconds while the backup waits for input
-        # (behind a slow find, its checkpoints must go on meanwhile).
-        self.on_wait: Optional[Callable[[], None]] = None
-
-    @property
-    def _reading(self) -> bool:
-        """Has the backup read a file lately?  If not (an unchanged tree,
-        reused from earlier backups), hints would cost a lstat and an open
-        per path and save nothing."""
-        return self._done - self._last_read <= self.depth
-
-    def note_read(self) -> None:
-        """The backup is reading the current path's content (hints are worth giving)."""
-        self._last_read = self._done
-
-    def paths(self, paths: Iterable[bytes]) -> Iterator[bytes]:
-        if not hasattr(os, "posix_fadvise"):
-            yield from paths
-            return
-        feed = _Feed(self.depth)
-        # Not daemon threads: one blocked reading stdin at interpreter exit
-        # would abort Python.  Stopped, the reader quits at its next path.
-        try:
-            for target, args in ((self._hint, ()), (self._take, (paths, feed))):
-                thread = threading.Thread(target=target, args=args, name="backshift-readahead")
-                thread.start()
-                self._threads.append(thread)
-            while True:
-                for item in feed.take_all(self.on_wait):
-                    if item is _END:
-                        return
-                    if isinstance(item, BaseException):
-                        raise item  # reading the input failed: as if read here
-                    for path in item:  # type: ignore[attr-defined]
-                        self._done += 1
-                        yield path
-        finally:
-            self._stop.set()
-            # Ends the hint thread even if the reader never started (an
-            # interrupt between the two starts would leave it waiting).
-            self._hints.put(None)
-
-    def _take(self, paths: Iterable[bytes], feed: "_Feed") -> None:
-        # Paths go over in batches where the input offers them so (NulPaths:
-        # what each read completed), else one by one.
-        batches = getattr(paths, "batches", None)
-        source = batches() if batches is not None else ([path] for path in paths)
-        index = 0
-        try:
-            for batch in source:
-                if self._reading:
-                    for offset, path in enumerate(batch):
-                        self._hints.put((index + offset, path))
-                index += len(batch)
-                if not feed.put(batch, len(batch), self._stop):
-                    return
-        except BaseException as exc:  # handed to the consumer
-            feed.put(exc, 0, self._stop)
-        finally:
-            self._hints.put(None)
-            feed.put(_END, 0, self._stop)
-
-    def _hint(self) -> None:
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) \
-            | getattr(os, "O_NOCTTY", 0)
-        while True:
-            item = self._hints.get()
-            if item is None:
-                return
-            index, path = item
-            if index < self._done or not self._reading:
-                continue  # the backup got there first, or reads nothing
-            try:
-                st = os.lstat(path)
-                if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
-                    continue
-                fd = os.open(path, flags)
-            except OSError:
-                continue
-            try:
-                os.posix_fadvise(fd, 0, min(st.st_size, READAHEAD_BYTES),
-                                 os.POSIX_FADV_WILLNEED)
-                self.advised += 1
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-
-
-_END = object()
-
-
-class _Feed:
-    """Batches of paths from the input thread to the backup, a bounded number waiting.
-
-    The backup takes all that wait at once (a queue operation per path
-    would cost as much as comparing an unchanged file), while the input
-    thread hands paths over the moment it has them: a slow find is
-    followed path by path.  At most ``limit`` paths wait, or one batch.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self._items: Deque[Tuple[object, int]] = collections.deque()
-        self._waiting = 0  # paths in _items
-        self._limit = limit
-        self._changed = threading.Condition()
-
-    def put(self, item: object, paths: int, stop: threading.Event) -> bool:
-        """Hand over ``item`` holding ``paths`` paths; False if ``stop`` was set meanwhile."""
-        with self._changed:
-            while self._items and self._waiting + paths > self._limit:
-                if stop.is_set():
-                    return False
-                self._changed.wait(0.1)
-            self._items.append((item, paths))
-            self._waiting += paths
-            self._changed.notify()
-        return True
-
-    def take_all(self, on_wait: Optional[Callable[[], None]] = None) -> List[object]:
-        """Everything handed over and not yet taken, waiting for at least one item
-        (calling ``on_wait`` every WAIT_TICK seconds meanwhile, if given)."""
-        while True:
-            with self._changed:
-                if not self._items:
-                    self._changed.wait(None if on_wait is None else WAIT_TICK)
-                if self._items:
-                    items = [item for item, _paths in self._items]
-                    self._items.clear()
-                    self._waiting = 0
-                    self._changed.notify()
-                    return items
-            if on_wait is not None:
-                on_wait()  # outside the lock: the input thread goes on meanwhile

@@ -61,11 +61,25 @@ class RecordWriter:
         self._buffer = bytearray()
         return self.chunks
 
-    def snapshot(self, extra: Sequence[Entry] = ()) -> List[ChunkRef]:
-        """The chunk list of the record so far plus ``extra``, leaving the writer as it was."""
-        tail = bytes(self._buffer) + b"".join(encode_entry(entry) for entry in extra)
-        digest = self._objects.put(tail, self._compressor)
-        return self.chunks + [(digest, len(tail))]
+    def freeze(self) -> "FrozenRecord":
+        """The record as it is now, to be stored later; the writer goes on unchanged."""
+        return FrozenRecord(list(self.chunks), bytes(self._buffer))
+
+
+class FrozenRecord:
+    """A directory record as it was at one moment: its chunks stored then, and the rest."""
+
+    __slots__ = ("chunks", "tail")
+
+    def __init__(self, chunks: List[ChunkRef], tail: bytes) -> None:
+        self.chunks = chunks
+        self.tail = tail
+
+    def store(self, objects: Objects, compressor: Compressor,
+              extra: Sequence[Entry] = ()) -> List[ChunkRef]:
+        """Store the rest, with ``extra`` entries after it; the record's chunk list."""
+        tail = self.tail + b"".join(encode_entry(entry) for entry in extra)
+        return self.chunks + [(objects.put(tail, compressor), len(tail))]
 
 
 def store_top_record(objects: Objects, compressor: Compressor, root: Entry) -> List[ChunkRef]:

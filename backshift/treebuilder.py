@@ -15,9 +15,9 @@ from typing import List, Optional, Sequence, Set, Tuple, Union
 from .chunking import Chunker
 from .compression import Compressor
 from .earlier import PreviousDir
-from .objectstore import ObjectStore
+from .objectstore import Objects, ObjectStore
 from .records import FLAG_IMPLICIT, FLAG_INLINE, KIND_DIR, ChunkRef, Entry
-from .recordwriter import RecordWriter, store_top_record
+from .recordwriter import FrozenRecord, RecordWriter, store_top_record
 
 # Directory records up to this size are held in their directory's entry, in
 # the parent's record: most directories are small, and an object each would
@@ -99,19 +99,38 @@ class TreeBuilder:
         return store_top_record(self._store, self._compressor,
                                 _dir_entry(root, root.writer.finish()))
 
-    def snapshot(self, open_dirs: Sequence[OpenDir],
-                 partial: Optional[Entry] = None) -> List[ChunkRef]:
-        """The top record of the tree so far (and ``partial``, a file being read).
+    @staticmethod
+    def freeze(open_dirs: Sequence[OpenDir]) -> "FrozenTree":
+        """The tree so far, to be stored now or later (a checkpoint).
 
-        The open directories' writers are left as they were; no entry may
-        be pending (cut the pack first).
+        The open directories go on unchanged; no entry may be pending (cut
+        the pack first).
         """
-        extra: List[Entry] = [partial] if partial is not None else []
-        for directory in reversed(open_dirs[1:]):
-            extra = [_dir_entry_copy(directory, directory.writer.snapshot(extra))]
-        root = open_dirs[0]
-        return store_top_record(self._store, self._compressor,
-                                _dir_entry_copy(root, root.writer.snapshot(extra)))
+        return FrozenTree([(_dir_entry_copy(directory, []), directory.writer.freeze())
+                           for directory in open_dirs])
+
+
+class FrozenTree:
+    """The open directories as they were at one moment, outermost first.
+
+    Storing it gives the top record of a tree holding everything saved up
+    to that moment, and optionally one more entry in the innermost
+    directory (the file being read, PARTIAL).  Nothing is stored until
+    then, so it may be stored later, or again with another last entry.
+    """
+
+    __slots__ = ("_dirs",)
+
+    def __init__(self, dirs: List[Tuple[Entry, FrozenRecord]]) -> None:
+        self._dirs = dirs
+
+    def store(self, objects: Objects, compressor: Compressor,
+              last: Optional[Entry] = None) -> List[ChunkRef]:
+        """Store the records not yet stored; the top record (FORMAT.md)."""
+        extra: List[Entry] = [last] if last is not None else []
+        for entry, record in reversed(self._dirs):
+            extra = [_with_chunks(entry, record.store(objects, compressor, extra))]
+        return store_top_record(objects, compressor, extra[0])
 
 
 def _finish_dir(directory: OpenDir, entry: Entry) -> None:
@@ -135,8 +154,12 @@ def _dir_entry(directory: OpenDir, chunks: List[ChunkRef]) -> Entry:
 def _dir_entry_copy(directory: OpenDir, chunks: List[ChunkRef]) -> Entry:
     if directory.meta is None:
         return Entry(directory.name, KIND_DIR, flags=FLAG_IMPLICIT, chunks=chunks)
-    meta = directory.meta
+    return _with_chunks(directory.meta, chunks)
+
+
+def _with_chunks(meta: Entry, chunks: List[ChunkRef]) -> Entry:
+    """A copy of a directory's entry, with its record in ``chunks``."""
     return Entry(meta.name, KIND_DIR, flags=meta.flags, mode=meta.mode, uid=meta.uid,
                  gid=meta.gid, mtime_ns=meta.mtime_ns, ctime_ns=meta.ctime_ns,
                  ino=meta.ino, size=meta.size, nlink=meta.nlink, uname=meta.uname,
-                 gname=meta.gname, chunks=chunks, extras=meta.extras)
+                 gname=meta.gname, chunks=chunks, extras=dict(meta.extras))

@@ -1,19 +1,61 @@
 """--checkpoint-interval is honoured (within a second) however far the
 reader runs ahead of the compressing workers: the unfinished backup record
 is replaced at that interval while one slow-to-compress file is stored,
-first with the last tree already durable, then with newer ones.
+and each interval a new checkpoint (a newer tree) is published, holding
+more of the file being stored.
 
 Watched from outside, as --expire sees it: the record file's mtime."""
 
+import base64
 import json
 import os
 import random
 import subprocess
 import time
+from typing import List, Tuple
 
 import helpers
+from test_resume import saved_so_far
 
 INTERVAL = 1.0
+# A checkpoint or a fresh record at least this often (the interval, and a second).
+LATEST = INTERVAL + 1.0
+
+
+def watch_backup(savedir: str, src: str, name: str, compression: str) -> List[Tuple[float, dict]]:
+    """Back up ``src`` and ``src/name`` with INTERVAL; every version of the
+    record seen while it ran, with its mtime, the last one complete."""
+    backup = subprocess.Popen(helpers.BACKSHIFT + [
+        "--save-directory", savedir, "--backup", "--subset", "test", "--no-fsync",
+        "--compression", compression, "--checkpoint-interval", str(INTERVAL)],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    backup.stdin.write(b"%s\0%s/%s\0" % (src.encode(), src.encode(), name.encode()))
+    backup.stdin.close()
+    backups = os.path.join(savedir, "backups")
+    seen: List[Tuple[float, dict]] = []
+    while not seen or seen[-1][1]["state"] == "unfinished":
+        ids = [name for name in os.listdir(backups) if not name.startswith(".")]
+        if ids:
+            try:
+                mtime = os.stat(os.path.join(backups, ids[0])).st_mtime
+                with open(os.path.join(backups, ids[0]), "rb") as handle:
+                    record = json.loads(handle.read())
+            except (OSError, ValueError):
+                continue  # replaced between listing and reading: look again
+            if not seen or seen[-1][0] != mtime:
+                seen.append((mtime, record))
+        if backup.poll() is not None and not ids:
+            break
+        time.sleep(0.05)  # watching, not ordering: the backup runs regardless
+    err = backup.stderr.read()
+    backup.wait()
+    assert backup.returncode == 0, err
+    assert seen and seen[-1][1]["state"] == "complete", seen
+    return seen
+
+
+def longest_gap(times: List[float]) -> float:
+    return max(later - earlier for earlier, later in zip(times, times[1:]))
 
 
 def test_the_record_is_replaced_every_interval_while_a_big_file_is_stored(savedir, tmp_path):
@@ -23,37 +65,32 @@ def test_the_record_is_replaced_every_interval_while_a_big_file_is_stored(savedi
     # hands it all to the workers at once: it is under the pipeline's limit).
     with open(str(src / "slow"), "wb") as handle:
         handle.write(bytes(random.Random(3).choices(b"abcdefghijklmnop", k=2 << 20)))
-    backup = subprocess.Popen(helpers.BACKSHIFT + [
-        "--save-directory", savedir, "--backup", "--subset", "test", "--no-fsync",
-        "--compression", "xz:6", "--checkpoint-interval", str(INTERVAL)],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    backup.stdin.write(b"%s\0%s/slow\0" % (str(src).encode(), str(src).encode()))
-    backup.stdin.close()
-    backups = os.path.join(savedir, "backups")
-    updates = []  # (record mtime, checkpoints) as seen changing
-    longest = 0.0
-    while backup.poll() is None:
-        ids = [name for name in os.listdir(backups) if not name.startswith(".")]
-        if ids:
-            try:
-                mtime = os.stat(os.path.join(backups, ids[0])).st_mtime
-                with open(os.path.join(backups, ids[0]), "rb") as handle:
-                    record = json.loads(handle.read())
-            except (OSError, ValueError):
-                continue  # replaced between listing and reading: look again
-            if record["state"] != "unfinished":
-                break
-            if not updates or updates[-1][0] != mtime:
-                updates.append((mtime, record["checkpoints"]))
-            longest = max(longest, time.time() - updates[-1][0])
-        time.sleep(0.05)  # watching, not ordering: the backup runs regardless
-    err = backup.stderr.read()
-    backup.wait()
-    assert backup.returncode == 0, err
-    record = helpers.read_record(savedir, helpers.list_ids(savedir)[0])
-    ran = (time.mktime(time.strptime(record["finished"][:19], "%Y-%m-%dT%H:%M:%S"))
-           - time.mktime(time.strptime(record["started"][:19], "%Y-%m-%dT%H:%M:%S")))
+    seen = watch_backup(savedir, str(src), "slow", "xz:6")
     # Never longer than the interval and a second without a fresh record,
-    # however long the workers took; and a fresh record for every interval.
-    assert longest <= INTERVAL + 1.0, (longest, updates)
-    assert len(updates) >= ran / INTERVAL - 2, (ran, updates)
+    # however long the workers took.
+    assert longest_gap([mtime for mtime, _record in seen]) <= LATEST, seen
+
+
+def test_a_checkpoint_every_interval_inside_one_big_file(savedir, tmp_path):
+    src = tmp_path / "src"
+    os.makedirs(str(src))
+    # base64 of random bytes passes the compressibility trial and costs xz
+    # about 0.4 s of CPU per MiB: seconds of work queued behind the reader,
+    # which reads all of it at once (it is under the pipeline's limit).
+    size = 16 << 20
+    with open(str(src / "big"), "wb") as handle:
+        handle.write(base64.b64encode(random.Random(7).randbytes(size // 4 * 3)))
+    seen = watch_backup(savedir, str(src), "big", "xz")
+    started, finished = seen[0][0], seen[-1][0]
+    assert finished - started > LATEST, "too fast to show anything: %r" % seen
+    # When each checkpoint was published (the first record with its count).
+    published = []
+    for mtime, record in seen[:-1]:
+        if record["checkpoints"] > (published[-1][1]["checkpoints"] if published else 0):
+            published.append((mtime, record))
+    times = [started] + [mtime for mtime, _record in published] + [finished]
+    assert longest_gap(times) <= LATEST, [(mtime - started, record["checkpoints"])
+                                          for mtime, record in seen]
+    # Each checkpoint holds more of the file than the one before.
+    saved = [sum(saved_so_far(savedir, record)) for _mtime, record in published]
+    assert saved == sorted(set(saved)) and saved[-1] > 0, saved

@@ -7,10 +7,12 @@ import time
 
 import pytest
 
+import helpers
 from backshift.pathinput import NulPaths
 from backshift.compression import CompressionSpec, Compressor
 from backshift.objectstore import ObjectError, ObjectStore, digest_of
-from backshift.pipeline import Prefetcher, ReadAhead, RecordCache, StorePipeline
+from backshift.pipeline import Prefetcher, RecordCache, StorePipeline, _Turns
+from backshift.readahead import ReadAhead
 
 
 def _store(tmp_path) -> ObjectStore:
@@ -90,6 +92,47 @@ def test_store_pipeline_raises_worker_errors(tmp_path):
         pipeline.put(b"some data", compressor)
         with pytest.raises(OSError):
             pipeline.drain()
+    finally:
+        pipeline.close()
+
+
+def test_compressions_take_turns_oldest_first():
+    # One slot, held; three more ask for it out of order: they get it in order.
+    turns = _Turns(1)
+    release = threading.Event()
+    order = []
+
+    def take(number: int) -> None:
+        with turns.turn(number):
+            order.append(number)
+            if number == 0:
+                release.wait()
+
+    threads = []
+    for waiting, number in enumerate((0, 3, 1, 2)):
+        threads.append(threading.Thread(target=take, args=(number,)))
+        threads[-1].start()
+        # Each asks only once the one before holds the slot or waits for it.
+        helpers.wait_until(lambda: len(turns._waiting) == waiting and order == [0],
+                           what="turn %d to wait" % number)
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert order == [0, 1, 2, 3]
+
+
+def test_at_once_stores_before_returning_ahead_of_the_queue(tmp_path):
+    objects = _store(tmp_path)
+    pipeline = StorePipeline(objects, workers=2, max_bytes=64 << 20)
+    compressor = Compressor(CompressionSpec.parse("xz:6"))
+    try:
+        queued = [pipeline.put(chunk, compressor) for chunk in _chunks(8, 1 << 20, seed=4)]
+        with pipeline.at_once():
+            urgent = pipeline.put(b"a checkpoint's record\n" * 100, compressor)
+        assert os.path.exists(objects.path_of(urgent))
+        assert pipeline.submitted == len(queued)  # not one of the queue
+        assert pipeline.written_through < len(queued)  # which is still being written
+        pipeline.sync()
     finally:
         pipeline.close()
 

@@ -19,11 +19,11 @@ from typing import Dict, List, Sequence
 import pytest
 
 import helpers
-from backshift import pipeline
+from backshift import readahead
 from backshift.backup import DIR_INLINE_MAX, Backup, BackupOptions
 from backshift.report import Reporter
 from backshift.objectstore import ObjectStore, digest_of
-from backshift.pipeline import ReadAhead
+from backshift.readahead import ReadAhead
 from backshift.records import FLAG_INLINE, KIND_DIR, KIND_FILE
 from backshift.savedir import SaveDir
 from backshift.sourcefs import ParentCache
@@ -631,7 +631,7 @@ def test_no_read_ahead_hints_while_the_backup_reads_nothing(savedir, tmp_path):
     # so the paths taken before that (a batch taken, the feed behind it,
     # and what the input thread holds: about 2 * depth) are still hinted;
     # but those do not grow with the tree.
-    bound = 3 * pipeline.READAHEAD_PATHS
+    bound = 3 * readahead.READAHEAD_PATHS
     first = run_backup()
     assert first.record.bytes_read > 0 and first.readahead.advised > max(bound, files // 2)
     second = run_backup()

@@ -12,6 +12,8 @@ import random
 import signal
 from typing import Callable, Tuple
 
+import pytest
+
 from helpers import (NO_SETTLE, FedBackup, assert_same_tree, extract, find_print0, list_ids,
                      produce_tar, read_record, run_ok, wait_until)
 
@@ -42,10 +44,10 @@ def make_source(top: str) -> int:
     return total
 
 
-def make_big(path: str, rng: random.Random) -> int:
+def make_big(path: str, rng: random.Random, size: int = BIG) -> int:
     """base64 text: xz has to work for it; its size."""
     with open(path, "wb") as handle:
-        for _ in range(BIG // (3 << 20)):
+        for _ in range(size // (3 << 20)):
             handle.write(base64.b64encode(rng.randbytes(3 << 20)))
     return os.path.getsize(path)
 
@@ -98,6 +100,26 @@ def kill_when(backup: FedBackup, ready: Callable[[dict], bool]) -> str:
         return False
 
     wait_until(stopped_and_ready, what="the kill point")
+    backup.proc.kill()
+    backup.finish()
+    return backup_id
+
+
+def kill_once_seen(backup: FedBackup, ready: Callable[[dict], bool]) -> str:
+    """SIGKILL a fed backup once its published record is seen to satisfy ``ready``; its id.
+
+    Unlike kill_when, the backup runs undisturbed (a stopped backup is a
+    slow one): it may publish once more between the look and the kill.
+    """
+    backup_id = backup.wait_started()
+
+    def seen_ready() -> bool:
+        assert backup.proc.poll() is None, "backup ended before it could be killed"
+        try:
+            return ready(read_record(backup.savedir, backup_id))
+        except (OSError, ValueError):
+            return False  # replaced while read: look again
+    wait_until(seen_ready, what="the kill point")
     backup.proc.kill()
     backup.finish()
     return backup_id
@@ -188,15 +210,27 @@ def test_kill_9_at_several_points_then_resume(savedir, tmp_path):
     assert_same_tree(top, os.path.join(dest, "src"))
 
 
-def test_partial_file_resumes_after_its_prefix(savedir, tmp_path):
+@pytest.mark.parametrize("options, big, kill", [
+    (OPTIONS, BIG, kill_when),
+    # At a second's interval, with xz as by default: the reader is done with
+    # the file while the workers still have seconds of it to compress, yet a
+    # checkpoint soon holds the prefix written so far.
+    (["--checkpoint-interval", "1"] + list(NO_SETTLE), 3 * BIG, kill_once_seen),
+], ids=["every-chunk", "one-second-xz"])
+def test_partial_file_resumes_after_its_prefix(savedir, tmp_path, options, big, kill):
     # Killed inside the big file, the next run reads only the rest of it.
     top = str(tmp_path / "src")
     os.makedirs(top)
-    size = make_big(os.path.join(top, "big"), random.Random(5))
+    size = make_big(os.path.join(top, "big"), random.Random(5), big)
     paths = find_print0("src", cwd=str(tmp_path))
-    backup = FedBackup(savedir, tmp_path, subset="resume", extra=OPTIONS)
+    backup = FedBackup(savedir, tmp_path, subset="resume", extra=options)
     backup.feed(paths)
-    killed = kill_when(backup, lambda record: 0 < saved_so_far(savedir, record)[1] < size)
+
+    def part_saved(record: dict) -> bool:
+        whole, prefix = saved_so_far(savedir, record)
+        assert whole < size, "no checkpoint held part of the file before all of it was written"
+        return 0 < prefix < size
+    killed = kill(backup, part_saved)
     prefix = saved_so_far(savedir, read_record(savedir, killed))[1]
     assert 0 < prefix < size
     final_id = resume(savedir, paths, str(tmp_path))

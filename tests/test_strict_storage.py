@@ -5,11 +5,13 @@ data; and temporary files left by writers that were killed."""
 import os
 import subprocess
 import sys
+from typing import List, Optional, Tuple
 
 import pytest
 
 import helpers
-from backshift.atomic import this_host
+from backshift.atomic import pid_space, this_host
+from backshift.objectstore import digest_of
 from backshift.savedir import SaveDir
 from backshift.tree import TreeReader
 
@@ -87,30 +89,76 @@ def test_data_after_the_compressed_stream_is_damage(savedir, tmp_path, codec):
     assert err.startswith("backshift: src/f: damaged: ") and "after the end" in err, err
 
 
-def temp_name(host: str, pid: int) -> str:
-    return ".tmp-%s-%d-%s" % (host, pid, "ab" * 6)
+def temp_name(host: str, pid: int, space: Optional[str]) -> str:
+    """A temporary file's name as FORMAT.md gives it; without a pid space, as
+    earlier versions wrote it."""
+    if space is None:
+        return ".tmp-%s-%d-%s" % (host, pid, "ab" * 6)
+    return ".tmp-%s-%s-%d-%s" % (host, space, pid, "ab" * 6)
+
+
+def dead_pid() -> int:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid now names no process (reuse within the test is not expected)
+    return gone.pid
+
+
+def leave_temporary_files(directory: str) -> Tuple[List[str], List[str]]:
+    """Temporary files as killed and running writers leave them: (those whose
+    writers are provably dead, the others)."""
+    gone = dead_pid()
+    here = pid_space()
+    assert here is not None, "no pid space on this system"
+    dead = [temp_name(this_host(), gone, here),
+            temp_name("other-label", gone, here)]  # --hostname other-label, same machine
+    alive = [temp_name(this_host(), os.getpid(), here),  # its writer runs
+             # A machine of the same name (or another boot, or pid namespace).
+             temp_name(this_host(), gone, "0123456789abcdef"),
+             temp_name("elsewhere", gone, None),
+             # Earlier versions' names say too little to prove anything.
+             temp_name(this_host(), gone, None)]
+    paths = [[os.path.join(directory, name) for name in names] for names in (dead, alive)]
+    for path in paths[0] + paths[1]:
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+    return paths[0], paths[1]
 
 
 def test_check_counts_temporary_files_and_removes_those_of_dead_writers(savedir):
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()  # its pid now names no process (reuse within the test is not expected)
     objects = os.path.join(savedir, "objects", "ab")
-    left = {
-        os.path.join(objects, temp_name("elsewhere", gone.pid)): b"x" * 1000,  # other host
-        os.path.join(objects, temp_name(this_host(), os.getpid())): b"y" * 24,  # alive
-        os.path.join(savedir, "backups", temp_name("elsewhere", 1)): b"z" * 24,
-    }
-    dead = os.path.join(objects, temp_name(this_host(), gone.pid))
-    for path, data in list(left.items()) + [(dead, b"d" * 50)]:
-        with open(path, "wb") as handle:
-            handle.write(data)
+    dead, alive = leave_temporary_files(objects)
+    with open(os.path.join(savedir, "backups", temp_name("elsewhere", 1, None)), "wb") as handle:
+        handle.write(b"z" * 1000)
     result = helpers.run(["--save-directory", savedir, "--check"])
     assert result.returncode == 0, result.stderr
     lines = result.stderr.decode().splitlines()
-    assert len(lines) == 1 and "3 temporary files (1048 bytes)" in lines[0] \
-        and "1 of dead writers on this host removed" in lines[0], lines
-    assert not os.path.exists(dead)
-    assert all(os.path.exists(path) for path in left)
+    assert len(lines) == 1 and "5 temporary files (1028 bytes)" in lines[0] \
+        and "2 of dead writers on this host removed" in lines[0], lines
+    assert not any(os.path.exists(path) for path in dead)
+    assert all(os.path.exists(path) for path in alive)
+
+
+def test_a_backup_removes_temporary_files_of_dead_writers(savedir, tmp_path):
+    # A file of one chunk whose object goes to a directory known in advance:
+    # the backup lists it (a small object directory), as it does anyway.
+    content = os.urandom(128 * 1024)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_bytes(content)
+    directory = os.path.join(savedir, "objects", digest_of(content).hex()[:2])
+    dead, alive = leave_temporary_files(directory)
+    dead_records, alive_records = leave_temporary_files(os.path.join(savedir, "backups"))
+    helpers.backup(savedir, "src", cwd=str(tmp_path))
+    assert not any(os.path.exists(path) for path in dead + dead_records)
+    assert all(os.path.exists(path) for path in alive + alive_records)
+
+
+def test_expire_removes_temporary_files_of_dead_writers_at_once(savedir):
+    dead, alive = leave_temporary_files(os.path.join(savedir, "objects", "5e"))
+    dead_records, alive_records = leave_temporary_files(os.path.join(savedir, "backups"))
+    helpers.run_ok(["--save-directory", savedir, "--expire", "--max-age", "1d"])
+    assert not any(os.path.exists(path) for path in dead + dead_records)
+    # The others wait for their day (test_expiry).
+    assert all(os.path.exists(path) for path in alive + alive_records)
 
 
 def test_backup_record_of_an_unknown_version_is_refused(savedir, tmp_path):
