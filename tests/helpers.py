@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from backshift.cli import main
 from backshift.objectstore import ObjectStore
-from backshift.records import FLAG_PACKED, Entry
+from backshift.records import FLAG_PACKED, FLAG_PARTIAL, KIND_FILE, KIND_HARDLINK, Entry
 from backshift.savedir import SaveDir
 from backshift.tree import TreeReader
 
@@ -243,6 +243,23 @@ def read_record(savedir: str, backup_id: str) -> dict:
     """A backup record (backups/<id>) as the JSON document FORMAT.md describes."""
     with open(os.path.join(savedir, "backups", backup_id), "rb") as handle:
         return json.loads(handle.read().decode("utf-8"))
+
+
+def saved_so_far(savedir: str, record: dict) -> Tuple[int, int]:
+    """(bytes of whole files, bytes of PARTIAL prefixes) in a record's tree."""
+    if record["root"] is None:
+        return 0, 0
+    reader = TreeReader(ObjectStore(savedir, "test"))
+    root = [(bytes.fromhex(digest), length) for digest, length in record["root"]]
+    whole = prefix = 0
+    for _path, entry in reader.walk(root):
+        if entry.kind not in (KIND_FILE, KIND_HARDLINK):
+            continue
+        if entry.flags & FLAG_PARTIAL:
+            prefix += sum(length for _, length in entry.chunks)
+        else:
+            whole += entry.size
+    return whole, prefix
 
 
 def outgrow_inline_record(directory: str, files: int = 80) -> None:

@@ -10,16 +10,13 @@ import base64
 import os
 import random
 import signal
-from typing import Callable, Tuple
+from typing import Callable
 
 import pytest
 
 from helpers import (NO_SETTLE, FedBackup, assert_same_tree, extract, find_print0, list_ids,
-                     produce_tar, read_record, run_ok, wait_until)
+                     produce_tar, read_record, run_ok, saved_so_far, wait_until)
 
-from backshift.objectstore import ObjectStore
-from backshift.records import FLAG_PARTIAL, KIND_FILE, KIND_HARDLINK
-from backshift.tree import TreeReader
 
 # Several data chunks (1 MiB on average), so that a checkpoint can fall inside it.
 BIG = 6 * 1024 * 1024
@@ -50,23 +47,6 @@ def make_big(path: str, rng: random.Random, size: int = BIG) -> int:
         for _ in range(size // (3 << 20)):
             handle.write(base64.b64encode(rng.randbytes(3 << 20)))
     return os.path.getsize(path)
-
-
-def saved_so_far(savedir: str, record: dict) -> Tuple[int, int]:
-    """(bytes of whole files, bytes of PARTIAL prefixes) in a record's tree."""
-    if record["root"] is None:
-        return 0, 0
-    reader = TreeReader(ObjectStore(savedir, "test"))
-    root = [(bytes.fromhex(digest), length) for digest, length in record["root"]]
-    whole = prefix = 0
-    for _path, entry in reader.walk(root):
-        if entry.kind not in (KIND_FILE, KIND_HARDLINK):
-            continue
-        if entry.flags & FLAG_PARTIAL:
-            prefix += sum(length for _, length in entry.chunks)
-        else:
-            whole += entry.size
-    return whole, prefix
 
 
 def all_stopped(pid: int) -> bool:
