@@ -32,34 +32,46 @@ Earlier = Tuple[Entry, int]
 RawEarlier = Tuple[RawEntry, int]
 Prefetch = Callable[[List[ChunkRef]], None]
 
-# The kinds an earlier entry may have for a file of each type.
-_KINDS = {stat.S_IFREG: (KIND_FILE, KIND_HARDLINK), stat.S_IFLNK: (KIND_SYMLINK,),
-          stat.S_IFDIR: (KIND_DIR,)}
+# The kinds (a record's kind byte) an earlier entry may have for a file of each type.
+_KINDS = {stat.S_IFREG: (KIND_FILE[0], KIND_HARDLINK[0]), stat.S_IFLNK: (KIND_SYMLINK[0],),
+          stat.S_IFDIR: (KIND_DIR[0],)}
 
 
 def unchanged(earlier: Union[Entry, RawEntry], st: os.stat_result, started_ns: int,
               inode_check: bool, settle_ns: int) -> bool:
     """Does ``earlier`` (saved by a backup begun at ``started_ns``) still describe ``st``?
 
+    ``unchanged_fields`` on the entry's fields.
+    """
+    return unchanged_fields(earlier.kind[0], earlier.mtime_ns, earlier.ctime_ns, earlier.ino,
+                            earlier.size, st, started_ns - settle_ns, inode_check)
+
+
+def unchanged_fields(kind: int, mtime_ns: int, ctime_ns: int, ino: int, size: int,
+                     st: os.stat_result, limit_ns: int, inode_check: bool) -> bool:
+    """The one decision whether an earlier entry still describes the file ``st``,
+    given the entry's stored fields (``kind`` is its kind byte).
+
     Its kind fits the file's type; its mtime, ctime, inode (unless
     ``inode_check`` is off: FUSE and some network file systems renumber)
     and, for a regular file, size are the file's; and the file was last
-    changed more than ``settle_ns`` before that backup began: that backup
-    read it after it started, and a change in the same timestamp tick after
-    the read would leave size and times as they were.  Changing content,
-    extended attributes or owners changes the ctime, so this covers them.
-    Called once per file on a re-backup: cheapest tests first.
+    changed before ``limit_ns``: the earlier backup's start less the settle
+    time.  That backup read it after it started, and a change in the same
+    timestamp tick after the read would leave size and times as they were.
+    Changing content, extended attributes or owners changes the ctime, so
+    this covers them.  Called once per file on a re-backup (by
+    EarlierCursor on the stored bytes): cheapest tests first.
     """
-    if earlier.mtime_ns != st.st_mtime_ns or earlier.ctime_ns != st.st_ctime_ns:
+    if mtime_ns != st.st_mtime_ns or ctime_ns != st.st_ctime_ns:
         return False
-    if inode_check and earlier.ino != st.st_ino:
+    if inode_check and ino != st.st_ino:
         return False
     mode = st.st_mode
-    if earlier.kind not in _KINDS.get(stat.S_IFMT(mode), ()):
+    if kind not in _KINDS.get(stat.S_IFMT(mode), ()):
         return False
-    if stat.S_ISREG(mode) and earlier.size != st.st_size:
+    if stat.S_ISREG(mode) and size != st.st_size:
         return False
-    return max(st.st_mtime_ns, st.st_ctime_ns) < started_ns - settle_ns
+    return mtime_ns < limit_ns and ctime_ns < limit_ns
 
 
 def same_entry(earlier: RawEntry, st: os.stat_result, owners: Callable[[int, int], bytes]) -> bool:
@@ -138,7 +150,7 @@ class EarlierCursor:
         self.record = next(pieces, b"")
         self.pos = self._scanned = check_record_header(self.record)
         self._prefetch = prefetch
-        # unchanged(): both times more than settle_ns before that backup began.
+        # unchanged_fields(): both times before that backup began, less the settle time.
         self._limit = started - rule.settle_ns
         self._inode_check = rule.inode_check
         self._owners = rule.owners
@@ -220,12 +232,11 @@ class EarlierCursor:
             if total < ENTRY_MIN or end > len(record):
                 return None  # damaged: the index's RawEntry will say so
             self.pos = end  # this name's entry is behind the cursor, reused or not
-            # unchanged(), then same_entry(), on the stored fields.
-            limit = self._limit
-            if (mtime_ns != st.st_mtime_ns or ctime_ns != st.st_ctime_ns
-                    or mtime_ns >= limit or ctime_ns >= limit
-                    or (self._inode_check and ino != st.st_ino)
-                    or flags & _NOT_REUSED or nlink != 1 or st.st_nlink != 1
+            if not unchanged_fields(kind, mtime_ns, ctime_ns, ino, size, st, self._limit,
+                                    self._inode_check):
+                return None
+            # same_entry(), on the stored fields.
+            if (flags & _NOT_REUSED or nlink != 1 or st.st_nlink != 1
                     or uid != st.st_uid or gid != st.st_gid or mode & ~_PERMISSIONS):
                 return None
             if kind == _FILE:
