@@ -34,7 +34,7 @@ from .chunking import DATA_PARAMS, METADATA_PARAMS, Chunker
 from .compression import CompressionSpec, Compressor
 from .contentindex import ContentIndex
 from .dirstack import A_DIRECTORY, NEW, DirStack
-from .earlier import PreviousDir, choose_previous, same_entry, unchanged
+from .earlier import PreviousDir, ReuseRule, choose_previous, same_entry, unchanged
 from .filesaver import FileSaver
 from .metadata import Metadata, copy_xattrs
 from .packing import Packer
@@ -62,6 +62,9 @@ PACK_FILE_MAX = 64 * 1024
 # A file changed within this many ns of an earlier backup's start may have
 # changed again in the same timestamp tick after it was read: re-read it.
 SETTLE_NS = 2_000_000_000
+_FORMAT = 0o170000  # the file type bits of st_mode (stat.S_IFMT)
+# Files reused in a row between checkpoint ticks (each takes microseconds).
+TICK_EVERY = 64
 
 
 class BackupOptions:
@@ -98,7 +101,8 @@ class Backup:
         # Compression and writing run in worker threads (pipeline.py).
         self.store = StorePipeline(savedir.objects)
         self.compressor = compressor = Compressor(options.compression)
-        self.builder = TreeBuilder(self.store, Chunker(METADATA_PARAMS), compressor)
+        self.builder = TreeBuilder(self.store, Chunker(METADATA_PARAMS), compressor,
+                                   savedir.objects.touch)
         self.packer = Packer(self.store.put, compressor, self._pack_cut)
         self.source = SourceTree()
         self.readahead = ReadAhead()
@@ -117,13 +121,18 @@ class Backup:
                                options.pack_file_max, options.inode_check, options.settle_ns,
                                moved)
         reader = TreeReader(self.records)
+        rule = ReuseRule(options.inode_check, options.settle_ns, self.metadata.owners)
         self.stack = DirStack(self.builder,
-                              PreviousDir.of_root(reader, previous, self.records.prefetch),
+                              PreviousDir.of_root(reader, previous, self.records.prefetch, rule),
                               TreeReader(savedir.objects), self._stored_fragments)
-        # A directory whose contents are refused (see _save_path), so that
+        # A directory whose contents are refused (see _enter), so that
         # the paths below it are left out with one error line, not one each.
         self._refused: Optional[List[bytes]] = None
         self._saved = 0  # paths saved (all failed: the backup failed)
+        # The directory open on top, as the last path spelled it, while the
+        # next paths named in it can skip the walk (see _save_all); and it.
+        self._here: Optional[bytes] = None
+        self._here_dir = self.stack.top
 
     def run(self, paths: Iterable[bytes]) -> BackupRecord:
         """Back up ``paths``; return the finished record ("complete", or "failed" if
@@ -146,9 +155,7 @@ class Backup:
             # Checkpoints go on while the input keeps the backup waiting: that
             # wait is between paths, where the tree may be snapshotted too.
             self.readahead.on_wait = self.checkpoints.tick
-            for path in itertools.chain((first,), given):
-                self._save_path(path)
-                self.checkpoints.tick()
+            self._save_all(itertools.chain((first,), given))
             self.packer.cut()
             root = self.builder.finish_root(self.stack.close_all())
             self.store.sync()  # every object written and durable before the record
@@ -194,17 +201,84 @@ class Backup:
 
     # -- one path ------------------------------------------------------------
 
-    def _save_path(self, path: bytes) -> None:
+    def _save_all(self, paths: Iterable[bytes]) -> None:
+        """Save each path, checkpointing between them.
+
+        The common case is done here, in one loop: a path in the directory
+        the last one was in (or was), which is open on top, whose entry at
+        that directory's cursor is reused whole (EarlierCursor.reuse); it
+        records its name as DirStack.claim would.  Anything else goes the
+        general way (_walk_to, _save_entry).
+        """
+        lstat_at = self.source.lstat_at
+        touch_all = self.savedir.objects.touch_all
+        reuse = self.builder.reuse
+        file_done = self.reporter.file_done
+        tick = self.checkpoints.tick
+        record = self.record
+        here = directory = cursor = names = None
+        moved = True  # by the general way: where it left the walk is read again
+        unticked = 0
+        for path in paths:
+            if moved:
+                moved = False
+                here, directory = self._here, self._here_dir
+                cursor = directory.cursor if directory.before is None else None
+                names = directory.names
+            parent, _slash, name = path.rpartition(b"/")
+            if parent != here or not name or name == b"." or name == b"..":
+                self._walk_to(path, None)
+                moved = True
+                tick()
+                continue
+            try:
+                st = lstat_at(parent, name)
+            except SourceError as exc:
+                self.reporter.error(path, str(exc))
+                continue
+            if st.st_mode & _FORMAT == stat.S_IFDIR:
+                self._walk_to(path, st)
+                moved = True
+                tick()
+                continue
+            found = cursor.reuse(name, st) if cursor is not None else None
+            if found is not None:
+                start, end, is_file, size, digests = found
+                key = hash(name) << 1
+                if (key not in names and key | 1 not in names  # type: ignore[operator]
+                        and (not digests or touch_all(digests))):
+                    names.add(key)  # type: ignore[union-attr]
+                    reuse(directory, start, end)  # type: ignore[arg-type]
+                    record.files += 1
+                    if is_file:
+                        record.bytes += size
+                        record.files_reused += 1
+                        record.bytes_reused += size
+                    self._saved += 1
+                    file_done(path, size)
+                    unticked += 1
+                    if unticked >= TICK_EVERY:
+                        unticked = 0
+                        tick()
+                    continue
+            # Changed, new, named twice or expired meanwhile: decided there.
+            self._save_entry(path, name, st)
+            tick()
+
+    def _walk_to(self, path: bytes, st: Optional[os.stat_result]) -> None:
+        """Save a path anywhere: open the directories on its way, then save it."""
+        self._here = None
         try:
             components = split_path(path)
         except ValueError:
             self.reporter.error(path, "path contains '..'; not saved")
             return
-        try:
-            st = self.source.lstat(path)
-        except SourceError as exc:
-            self.reporter.error(path, str(exc))
-            return
+        if st is None:
+            try:
+                st = self.source.lstat(path)
+            except SourceError as exc:
+                self.reporter.error(path, str(exc))
+                return
         is_dir = stat.S_ISDIR(st.st_mode)
         if not is_dir and not components:
             self.reporter.error(path, "the root of a backup must be a directory; not saved")
@@ -214,8 +288,16 @@ class Backup:
             return
         if is_dir:
             self._save_dir(path, components[-1] if components else b"", st)
+            here = path
         else:
             self._save_entry(path, components[-1], st)
+            here, _slash, name = path.rpartition(b"/")
+            if name in (b"", b"."):
+                here = b""
+        # Paths named under ``here`` from now on are in the directory open
+        # on top (split_path of here + b"/" + name is parents + [name]).
+        self._here = here or None
+        self._here_dir = self.stack.top
 
     def _enter(self, path: bytes, components: List[bytes]) -> bool:
         """Open the directories of ``components``; False if one was saved as a non-directory.

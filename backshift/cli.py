@@ -6,6 +6,7 @@ save directory, unknown backup id).
 """
 
 import argparse
+import contextlib
 import errno
 import io
 import os
@@ -13,22 +14,19 @@ import sys
 from typing import BinaryIO, Iterable, Optional, Sequence
 
 from . import __version__
-from .backup import Backup, BackupOptions
-from .catalog import STATE_FAILED, BackupRecord, CatalogError, describe_filter, select
+from .actions import (chosen_record, note_strays, run_backup, run_diff, run_find,
+                      run_list_backup, run_list_backups, run_produce_tar)
+from .backup import BackupOptions
+from .catalog import CatalogError
 from .compression import CompressionSpec
-from .diffing import diff
-from .finding import find
-from .listing import (backup_summary, backup_totals, entry_json, find_line, json_line,
-                      list_backup, list_backups, quote_name, shown_name)
 from .pathinput import InputError, iter_nul_paths
 from .objectstore import ObjectError
-from .progress import LEVELS, ProgressReporter, make_reporter
-from .report import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, is_terminal
+from .progress import LEVELS
+from .report import EXIT_FATAL, EXIT_OK, is_terminal
 from .retention import Policy, parse_duration
 from .records import RecordError
 from .savedir import SaveDir, SaveDirError, default_hostname, init_savedir
-from .tarout import TarFormatError, produce_tar
-from .tree import TreeReader
+from .tarout import TarFormatError
 
 EXAMPLES = """\
 examples:
@@ -143,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("--filelist", metavar="FILE",
                         help="read the NUL-separated paths from FILE instead of stdin")
     backup.add_argument("--compression", metavar="CODEC[:LEVEL]", default="xz",
-                        help="xz[:0-9] (default xz:1), zlib[:0-9], bz2[:1-9] or none")
+                        help="xz[:0-9] (default xz:1), zlib[:0-9] (default zlib:1), bz2[:1-9] or none")
     backup.add_argument("--progress-report", choices=LEVELS,
                         help="progress on stderr (default: full on a terminal, else none)")
     backup.add_argument("--no-stats", action="store_true",
@@ -332,44 +330,27 @@ def _run(args: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, stderr) ->
             return EXIT_OK
     savedir = SaveDir(savedir_path, hostname, durable=not args.no_fsync)
     if action in ("list_backups", "expire", "check", "verify", "check_hashes"):
-        _note_strays(savedir, stderr)
+        note_strays(savedir, stderr)
     if action == "backup":
         return _backup(args, savedir, hostname, stdin, stdout, stderr)
     if action == "list_backups":
-        records = select(savedir.catalog.records(), args.hostname, args.subset)
-        if args.last_n is not None:
-            records = records[-args.last_n:]
-        form = "json" if args.json else "table" if is_terminal(stdout) else "tsv"
-        list_backups(records, stdout, form)
-        stdout.flush()
-        return EXIT_OK
+        return run_list_backups(savedir, args.hostname, args.subset, args.last_n, args.json,
+                                stdout)
     if action == "find":
-        return _find(args, savedir, stdout, stderr)
+        return run_find(savedir, args.find, args.backup_id, args.hostname, args.subset,
+                        args.starting_directory, args.json, stdout, stderr)
     if action == "diff":
-        return _diff(args, savedir, stdout, stderr)
+        return run_diff(savedir, args.diff[0], args.diff[1], args.hostname, args.subset,
+                        args.starting_directory, stdout, stderr)
     if action in ("list_backup", "list_backup_simply", "produce_tar"):
         _require(args, "backup_id")
-        record = _chosen_record(savedir, args, args.backup_id)
-        if not record.complete:
-            # Still running, or stopped: what its last checkpoint saved is all there is.
-            stderr.write("backshift: note: backup %s is unfinished; it holds the files saved "
-                         "up to its last checkpoint\n" % record.backup_id)
-        start = os.fsencode(args.starting_directory or "")
-        reader = TreeReader(savedir.objects)
-        # Damage is named, skipped, exit 1: the rest of the backup is still worth having.
-        on_damage, damaged = _damage_reporter(stderr)
-        if args.starting_directory and not reader.lookup(record.root, start, on_damage):
-            raise CatalogError("%s: not in backup %s" % (args.starting_directory,
-                                                           record.backup_id))
+        record = chosen_record(savedir, args.backup_id, args.hostname, args.subset)
         if action == "produce_tar":
-            status = _produce_tar(args, savedir, record, start, stdout, stderr, on_damage)
-            return EXIT_PARTIAL if damaged[0] else status
-        out = io.BufferedWriter(_Unclosable(stdout), 1 << 16)
-        list_backup(reader, record.root, start, out, simply=action == "list_backup_simply",
-                    recursive=not args.nonrecursive, as_json=args.json,
-                    on_damage=on_damage)
-        out.flush()
-        return EXIT_PARTIAL if damaged[0] else EXIT_OK
+            return run_produce_tar(savedir, record, args.starting_directory,
+                                   not args.nonrecursive, args.tar_format, stdout, stderr)
+        return run_list_backup(savedir, record, args.starting_directory,
+                               action == "list_backup_simply", not args.nonrecursive,
+                               args.json, stdout, stderr)
     if action == "expire":
         from .expiry import run_expire
         policy = Policy(args.keep_last, args.keep_hourly, args.keep_daily, args.keep_weekly,
@@ -393,119 +374,10 @@ def _verbose(args: argparse.Namespace, stderr) -> bool:
     return level not in (None, "none") or (level is None and is_terminal(stderr))
 
 
-def _note_strays(savedir: SaveDir, stderr) -> None:
-    for name in savedir.catalog.strays():
-        stderr.write("backshift: note: %s: not a backup record (its name is not a backup "
-                     "id); ignored\n" % os.path.join(savedir.catalog.root, name))
-
-
-class _Unclosable(io.RawIOBase):
-    """Lets a BufferedWriter batch writes to a stream it must not close."""
-
-    def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        self._stream.write(data)
-        return len(data)
-
-    def flush(self) -> None:
-        self._stream.flush()
-
-
-def _chosen_record(savedir: SaveDir, args: argparse.Namespace, backup_id: str) -> BackupRecord:
-    """The backup an id names; 'latest' is the newest complete one of --hostname and --subset."""
-    if backup_id == "latest":
-        record = savedir.catalog.latest(args.hostname, args.subset)
-    else:
-        try:
-            record = savedir.catalog.read(backup_id)
-        except CatalogError as exc:
-            recent = savedir.catalog.ids()[-5:]
-            hint = "; recent ids: " + ", ".join(recent) if recent \
-                else "; the save directory has no backups"
-            raise CatalogError(str(exc) + hint) from None
-        if (args.hostname is not None and record.hostname != args.hostname) or \
-                (args.subset is not None and record.subset != args.subset):
-            raise CatalogError("backup %s is not%s" % (
-                backup_id, describe_filter(args.hostname, args.subset)))
-    if record.root is None:
-        raise CatalogError("backup %s has no saved files yet (it was interrupted at once)"
-                           % record.backup_id)
-    return record
-
-
-def _damage_reporter(stderr):
-    """An on_damage handler writing one line per damage found, and its count."""
-    count = [0]
-
-    def on_damage(path: bytes, reason: str) -> None:
-        count[0] += 1
-        stderr.write("backshift: %s: damaged: %s\n" % (_shown(path), reason))
-    return on_damage, count
-
-
-def _find(args: argparse.Namespace, savedir: SaveDir, stdout: BinaryIO, stderr) -> int:
-    if args.backup_id is not None:
-        records = [_chosen_record(savedir, args, args.backup_id)]
-    else:
-        records = select(savedir.catalog.records(), args.hostname, args.subset)
-    out = io.BufferedWriter(_Unclosable(stdout), 1 << 16)
-
-    def on_match(record: BackupRecord, path: bytes, entry) -> None:
-        out.write(json_line(entry_json(path, entry, record.backup_id)) if args.json
-                  else find_line(record.backup_id, path, entry))
-
-    on_damage, damaged = _damage_reporter(stderr)
-    find(TreeReader(savedir.objects), records, os.fsencode(args.find),
-         os.fsencode(args.starting_directory or ""), on_match, on_damage)
-    out.flush()
-    return EXIT_PARTIAL if damaged[0] else EXIT_OK
-
-
-def _diff(args: argparse.Namespace, savedir: SaveDir, stdout: BinaryIO, stderr) -> int:
-    old, new = (_chosen_record(savedir, args, backup_id) for backup_id in args.diff)
-    out = io.BufferedWriter(_Unclosable(stdout), 1 << 16)
-
-    def on_change(letter: str, path: bytes, entry) -> None:
-        out.write(letter.encode() + b"\t" + shown_name(path, entry) + b"\n")
-
-    on_damage, damaged = _damage_reporter(stderr)
-    diff(TreeReader(savedir.objects), old, new, os.fsencode(args.starting_directory or ""),
-         on_change, on_damage)
-    out.flush()
-    return EXIT_PARTIAL if damaged[0] else EXIT_OK
-
-
-def _shown(path: bytes) -> str:
-    """A path for one line of a message (control characters escaped)."""
-    return quote_name(path).decode("utf-8", "replace") if path else "."
-
-
-def _produce_tar(args, savedir: SaveDir, record, start: bytes, stdout: BinaryIO, stderr,
-                 on_damage) -> int:
-    def on_skip(path: bytes, reason: str) -> None:
-        # One entry the format cannot hold must not cost the rest of the
-        # restore: report it, keep the stream well formed, exit 1.
-        stderr.write("backshift: %s\n" % reason)
-
-    out = io.BufferedWriter(_Unclosable(stdout), 1 << 20)
-    writer = produce_tar(savedir.objects, record.root, start, out, args.tar_format, on_damage,
-                         on_skip, recursive=not args.nonrecursive)
-    out.flush()
-    if writer.attrs_dropped:
-        stderr.write("backshift: note: %d entries have extended attributes or ACLs that %s "
-                     "format cannot hold; --tar-format pax keeps them\n"
-                     % (writer.attrs_dropped, args.tar_format))
-    return EXIT_PARTIAL if writer.damaged or writer.skipped else EXIT_OK
-
-
-def _paths(args: argparse.Namespace, stdin: BinaryIO) -> Iterable[bytes]:
+def _paths(args: argparse.Namespace, stdin: BinaryIO,
+           closing: contextlib.ExitStack) -> Iterable[bytes]:
     if args.filelist:
-        handle = open(args.filelist, "rb")
+        handle = closing.enter_context(open(args.filelist, "rb"))
         return iter_nul_paths(handle, args.filelist)
     if is_terminal(stdin):
         # Nobody types NUL-separated paths: the find pipe was forgotten.
@@ -530,42 +402,15 @@ def _backup(args: argparse.Namespace, savedir: SaveDir, hostname: str, stdin: Bi
         level = "full" if is_terminal(stderr) and not args.no_stats else "none"
     elif args.no_stats and level != "none":
         raise UsageError("--no-stats and --progress-report %s contradict each other" % level)
-    reporter, inhale = make_reporter(level, stderr)
-    try:
-        paths: Iterable[bytes] = _paths(args, stdin)
-        if inhale:
-            paths = reporter.inhale(paths)  # type: ignore[attr-defined]
-        options = BackupOptions(args.subset, hostname, compression,
-                                checkpoint_interval=args.checkpoint_interval,
-                                inode_check=not args.no_inode_check,
-                                settle_ns=int(args.settle_time * 1e9))
-        backup = Backup(savedir, options, reporter)
-        if isinstance(reporter, ProgressReporter):
-            reporter.watch(backup.store)
-        try:
-            record = backup.run(paths)
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
-            stderr.write(_full_message(savedir, backup.record.backup_id, exc))
-            return EXIT_FATAL
-    finally:
-        reporter.finish()
-    if level != "none":
-        stderr.write("backshift: %s\n" % backup_summary(record))
-    if args.json:
-        stdout.write(json_line(backup_totals(record)))
-        stdout.flush()
-    return EXIT_PARTIAL if record.errors or record.state == STATE_FAILED else EXIT_OK
-
-
-def _full_message(savedir: SaveDir, backup_id: str, exc: OSError) -> str:
-    """The one line for a save directory that filled up during a backup."""
-    line = "backshift: %s: %s" % (savedir.path, exc.strerror or "No space left on device")
-    if backup_id in savedir.catalog.ids():
-        line += ("; the unfinished backup %s holds space: free it with --delete-backup %s, "
-                 "then --expire (README, \"Save directory full\")" % (backup_id, backup_id))
-    return line + "\n"
+    options = BackupOptions(args.subset, hostname, compression,
+                            checkpoint_interval=args.checkpoint_interval,
+                            inode_check=not args.no_inode_check,
+                            settle_ns=int(args.settle_time * 1e9))
+    # Opened by run_backup inside its progress report, which it ends however
+    # the opening goes (a --filelist missing, stdin a terminal).
+    with contextlib.ExitStack() as closing:
+        return run_backup(savedir, options, level, args.json,
+                          lambda: _paths(args, stdin, closing), stdout, stderr)
 
 
 def entry_point() -> None:

@@ -24,7 +24,10 @@ Whole backups of that /usr/share copy (allocated bytes, du -s): xz -1
 (zstd) 247.5 MB.  Level 1 is where xz stops paying: -0 is 4% larger, -2
 buys 1.3% for 25% more time.  xz -1 is what keeps the repository smaller
 than restic's; zlib (--compression zlib) is the choice when time matters
-more than space.  Each chunk's dictionary is sized to the chunk (see
+more than space, and its default level is 1: whole first backups of
+/usr/share (552 MB, 56,796 entries, CPU seconds of the run, same loaded
+machine) took zlib -1 11.0 s for 244 MB (still below restic's size) and
+zlib -6 22.2 s for 224 MB; --compression none took 5.5 s.  Each chunk's dictionary is sized to the chunk (see
 XZ_PRESET_DICT): same output, 17% less time on small chunks.
 """
 
@@ -42,7 +45,7 @@ CODEC_XZ = 2
 CODEC_BZ2 = 3
 CODEC_NAMES = {CODEC_NONE: "none", CODEC_ZLIB: "zlib", CODEC_XZ: "xz", CODEC_BZ2: "bz2"}
 
-DEFAULT_LEVELS = {"xz": 1, "zlib": 6, "bz2": 9, "none": None}
+DEFAULT_LEVELS = {"xz": 1, "zlib": 1, "bz2": 9, "none": None}
 LEVEL_RANGES = {"xz": range(0, 10), "zlib": range(0, 10), "bz2": range(1, 10)}
 
 # Below this size a compressor's own framing outweighs what it can save.

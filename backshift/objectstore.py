@@ -19,7 +19,7 @@ import hashlib
 import os
 import struct
 import threading
-from typing import Callable, Dict, Iterator, List, Optional, Protocol, Set, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Set, Tuple
 
 from .atomic import (TEMP_PREFIX, drop_from_cache, fsync_directory, remove_dead_writers_files,
                      write_file_atomically)
@@ -146,6 +146,14 @@ class ObjectStore:
                 return False
             raise
         self._remember(digest)
+        return True
+
+    def touch_all(self, digests: Sequence[bytes]) -> bool:
+        """``touch`` each; False at the first absent (once per entry of a re-backup)."""
+        known = self._known
+        for digest in digests:
+            if digest not in known and not self.touch(digest):
+                return False
         return True
 
     def exists(self, digest: bytes) -> bool:

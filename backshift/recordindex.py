@@ -34,6 +34,13 @@ Fetch = Callable[[bytes], bytes]  # digest -> object content
 Prefetch = Callable[[List[ChunkRef]], None]
 
 
+def read_ahead(fetch: Fetch, chunks: Sequence[ChunkRef], prefetch: Prefetch) -> Iterator[bytes]:
+    """A record's chunks in order, each asking for the next CHUNKS_AHEAD as it is read."""
+    for number, (digest, _length) in enumerate(chunks):
+        prefetch(list(chunks[number + 1:number + 1 + CHUNKS_AHEAD]))
+        yield fetch(digest)
+
+
 class RecordIndex:
     """Entries of one large record by name, in 8 bytes each (see the module docstring)."""
 
@@ -51,18 +58,13 @@ class RecordIndex:
         self._kept_bytes = 0
         keys = array.array("Q")
         offset = RECORD_HEADER.size
-        for buf, start in entry_spans(self._read_ahead(prefetch)):
+        for buf, start in entry_spans(read_ahead(fetch, self._chunks, prefetch)):
             entry = RawEntry(buf, start)
             if entry.kind == KIND_DIR:
                 prefetch(entry.decode().chunks[:CHUNKS_AHEAD])
             keys.append((hash(entry.name) & _LOW32) << 32 | offset)
             offset += entry.end - start
         self._keys = array.array("Q", sorted(keys))
-
-    def _read_ahead(self, prefetch: Prefetch) -> Iterator[bytes]:
-        for number, (digest, _length) in enumerate(self._chunks):
-            prefetch(self._chunks[number + 1:number + 1 + CHUNKS_AHEAD])
-            yield self._fetch(digest)
 
     def find(self, name: bytes) -> List[RawEntry]:
         """The entries named ``name`` (none if their chunks cannot be read)."""

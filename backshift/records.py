@@ -64,6 +64,17 @@ SPARSE_KEY = b"sparse"    # data extents of a SPARSE file (encode_extents)
 _FIXED = struct.Struct("<IBBHIIIqqQQIII")
 _LEN = struct.Struct("<I")
 _CHUNK = struct.Struct("<32sI")
+# For readers that compare entries in place (earlier.EarlierCursor): the
+# fixed fields and the name's length in one unpack, then the name at NAME_AT;
+# the length field alone; the size of one chunk list item; the least an
+# entry can take (the fixed fields and six empty strings).
+FIXED_AND_NAME_LENGTH = struct.Struct(_FIXED.format + "I")
+NAME_AT = FIXED_AND_NAME_LENGTH.size
+LENGTH_AND_NAME_LENGTH = struct.Struct("<I%dxI" % (_FIXED.size - _LEN.size))
+LENGTH_KIND_FLAGS = struct.Struct("<IBB")
+FIELD_LENGTH = _LEN
+CHUNKREF_SIZE = _CHUNK.size
+ENTRY_MIN = _FIXED.size + 6 * _LEN.size
 # offset in the pack, pack digest, pack length, digest of the file's content
 _PACKREF = struct.Struct("<I32sI16s")
 PACKREF_SIZE = _PACKREF.size
@@ -214,6 +225,45 @@ def encode_entry(entry: Entry) -> bytes:
 
 def decode_entry(buf: bytes, offset: int = 0) -> Tuple[Entry, int]:
     """Decode the entry at ``offset``; return it and the offset after it."""
+    # Every reader decodes every entry it walks: the well-formed case is
+    # read straight through (unrolled: a loop over the five fields after the
+    # name costs an entry a microsecond more), and anything else is decoded
+    # again by _decode_checked, which says what is wrong.
+    try:
+        (total, kind, flags, _reserved, mode, uid, gid, mtime_ns, ctime_ns, ino, size, nlink,
+         rdev_major, rdev_minor, length) = FIXED_AND_NAME_LENGTH.unpack_from(buf, offset)
+        unpack = _LEN.unpack_from
+        pos = offset + NAME_AT
+        name = buf[pos:pos + length]
+        pos += length
+        (length,) = unpack(buf, pos)
+        uname = buf[pos + 4:pos + 4 + length]
+        pos += 4 + length
+        (length,) = unpack(buf, pos)
+        gname = buf[pos + 4:pos + 4 + length]
+        pos += 4 + length
+        (length,) = unpack(buf, pos)
+        target = buf[pos + 4:pos + 4 + length]
+        pos += 4 + length
+        (length,) = unpack(buf, pos)
+        data = buf[pos + 4:pos + 4 + length]
+        pos += 4 + length
+        (length,) = unpack(buf, pos)
+        extras = buf[pos + 4:pos + 4 + length]
+        pos += 4 + length
+    except struct.error:
+        return _decode_checked(buf, offset)
+    end = offset + total
+    # Fields laid end to end that finish at the entry's end, within the
+    # buffer, each lay within the entry.
+    if pos != end or end > len(buf) or not isinstance(buf, bytes):
+        return _decode_checked(buf, offset)
+    return _entry(name, kind, flags, mode, uid, gid, mtime_ns, ctime_ns, ino, size, nlink,
+                  rdev_major, rdev_minor, uname, gname, target, data, extras), end
+
+
+def _decode_checked(buf: bytes, offset: int) -> Tuple[Entry, int]:
+    """decode_entry, checking each field as it goes (RecordError names the first fault)."""
     try:
         (total, kind, flags, _reserved, mode, uid, gid, mtime_ns, ctime_ns, ino, size, nlink,
          rdev_major, rdev_minor) = _FIXED.unpack_from(buf, offset)
@@ -235,16 +285,45 @@ def decode_entry(buf: bytes, offset: int = 0) -> Tuple[Entry, int]:
         pos += length
     if pos != end:
         raise RecordError("entry at offset %d has %d stray bytes" % (offset, end - pos))
-    name, uname, gname, target, data, extras = fields
+    return _entry(kind=kind, flags=flags, mode=mode, uid=uid, gid=gid, mtime_ns=mtime_ns,
+                  ctime_ns=ctime_ns, ino=ino, size=size, nlink=nlink, rdev_major=rdev_major,
+                  rdev_minor=rdev_minor, name=fields[0], uname=fields[1], gname=fields[2],
+                  target=fields[3], data=fields[4], extras=fields[5]), end
+
+
+def _entry(name: bytes, kind: int, flags: int, mode: int, uid: int, gid: int, mtime_ns: int,
+           ctime_ns: int, ino: int, size: int, nlink: int, rdev_major: int, rdev_minor: int,
+           uname: bytes, gname: bytes, target: bytes, data: bytes, extras: bytes) -> Entry:
+    """An Entry of decoded fields; ``data`` and ``extras`` as stored."""
+    # Filled slot by slot (as Entry.__init__ would, with the decoded
+    # values): a call with twenty keywords costs four times as much.
+    entry = _new_entry(Entry)
+    entry.name = name
     # An unknown kind is decoded (the entry is self-delimiting); readers
     # judge it (tree.entry_problem) and skip that entry alone.
-    kind_byte = bytes((kind,))
-    entry = Entry(name, kind_byte, flags=flags, mode=mode, uid=uid, gid=gid,
-                  mtime_ns=mtime_ns, ctime_ns=ctime_ns, ino=ino, size=size, nlink=nlink,
-                  rdev_major=rdev_major, rdev_minor=rdev_minor, uname=uname, gname=gname,
-                  target=target, extras=decode_extras(extras) if extras else None)
+    entry.kind = _KIND_BYTES[kind]
+    entry.flags = flags
+    entry.mode = mode
+    entry.uid = uid
+    entry.gid = gid
+    entry.mtime_ns = mtime_ns
+    entry.ctime_ns = ctime_ns
+    entry.ino = ino
+    entry.size = size
+    entry.nlink = nlink
+    entry.rdev_major = rdev_major
+    entry.rdev_minor = rdev_minor
+    entry.uname = uname
+    entry.gname = gname
+    entry.target = target
+    entry.extras = decode_extras(extras) if extras else {}
+    entry.pending = False
+    entry.inline = None
+    entry.offset = 0
+    entry.content_digest = b""
     if flags & FLAG_INLINE:
         entry.inline = data
+        entry.chunks = []
     elif flags & FLAG_PACKED:
         if len(data) != _PACKREF.size:
             raise RecordError("pack reference of %r is %d bytes, not %d"
@@ -256,7 +335,10 @@ def decode_entry(buf: bytes, offset: int = 0) -> Tuple[Entry, int]:
         entry.chunks = [(pack, pack_length)]
     else:
         entry.chunks = decode_chunks(data)
-    return entry, end
+    return entry
+
+
+_new_entry = object.__new__
 
 
 def record_header() -> bytes:
@@ -418,8 +500,6 @@ def scan_entries(record: bytes) -> Iterator[RawEntry]:
         offset = entry.end
 
 
-_HEAD = struct.Struct("<IBB")
-_NAME_AT = _FIXED.size + _LEN.size
 
 
 def entry_head(buf: bytes, offset: int) -> Tuple[int, bytes, int, bytes]:
@@ -428,12 +508,12 @@ def entry_head(buf: bytes, offset: int) -> Tuple[int, bytes, int, bytes]:
     Checks that the entry's length and name lie within ``buf``; the other
     fields are checked when the entry is decoded."""
     try:
-        total, kind, flags = _HEAD.unpack_from(buf, offset)
+        total, kind, flags = LENGTH_KIND_FLAGS.unpack_from(buf, offset)
         (name_length,) = _LEN.unpack_from(buf, offset + _FIXED.size)
     except struct.error as exc:
         raise RecordError("truncated entry at offset %d" % offset) from exc
     end = offset + total
-    name_at = offset + _NAME_AT
+    name_at = offset + NAME_AT
     if total < _FIXED.size + 6 * _LEN.size or end > len(buf) or name_at + name_length > end:
         raise RecordError("entry at offset %d claims %d bytes" % (offset, total))
     return end, _KIND_BYTES[kind], flags, buf[name_at:name_at + name_length]

@@ -134,9 +134,12 @@ class SourceTree:
                 return os.lstat(path)
             except OSError as exc:
                 raise SourceError(_reason(exc)) from None
+        return self.lstat_at(parent, name)
+
+    def lstat_at(self, parent: bytes, name: bytes) -> os.stat_result:
+        """lstat the path split_parent splits into ``parent`` and ``name``."""
         try:
-            fd = self._parents.parent_fd(parent)
-            return os.stat(name, dir_fd=fd, follow_symlinks=False)
+            return os.stat(name, dir_fd=self._parents.parent_fd(parent), follow_symlinks=False)
         except OSError as exc:
             self._parents.close()
             raise SourceError(_reason(exc)) from None

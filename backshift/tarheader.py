@@ -21,10 +21,15 @@ Headers other than PAX come from the standard library's ``tarfile``.  PAX
 extended headers are built here because ``tarfile`` takes only text
 values: extended attribute values are arbitrary bytes, their names need
 GNU tar's ``%``-escaping, and sparse members need GNU's own keywords.
+The common member (name and link target within their fields, numbers in
+octal, not sparse) is encoded here directly, to the byte what ``tarfile``
+would make of it (``plain_block``; tests/test_tar_fidelity.py compares
+the two), in a fraction of the time: a restore writes one per file.
 """
 
 import struct
 import tarfile
+import zlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .records import KIND_BLOCK, KIND_CHAR, XATTR_PREFIX, Entry, Extent
@@ -57,9 +62,55 @@ _ACL_KEYS = {b"system.posix_acl_access": b"SCHILY.acl.access",
 
 def encode_header(member: "Member", tar_format: int) -> bytes:
     """The header blocks of ``member`` in one of FORMATS; ValueError if it cannot hold it."""
+    if tar_format != tarfile.PAX_FORMAT and member.sparse is None:
+        block = plain_block(member, GNU_MAGIC if tar_format == tarfile.GNU_FORMAT
+                            else tarfile.POSIX_MAGIC)
+        if block is not None:
+            return block
     build = {tarfile.PAX_FORMAT: pax_header, tarfile.GNU_FORMAT: gnu_header,
              tarfile.USTAR_FORMAT: ustar_header}[tar_format]
     return build(member)
+
+
+# One header block (POSIX "ustar Interchange Format"), the checksum field
+# blank (eight spaces), as tarfile lays it out.
+_BLOCK = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
+GNU_MAGIC = tarfile.GNU_MAGIC
+_BLANK_CHECKSUM = b" " * CHECKSUM
+_HALF = BLOCK // 2
+_OCTAL_ID = 8 ** (ID - 1)        # ids and device numbers below this are octal
+_OCTAL_NUMBER = 8 ** (NUMBER - 1)  # sizes and times below this are octal
+
+
+def plain_block(member: "Member", magic: bytes) -> Optional[bytes]:
+    """The one header block of a member whose fields all fit it as they are, with
+    ``magic`` (GNU or ustar); None for any other (long names, big numbers, sparse).
+
+    Equal to tarfile's ``TarInfo.tobuf`` of the same member (see ``_tarinfo``).
+    """
+    entry = member.entry
+    name, linkname = member.name, member.linkname
+    size, mode, uid, gid = member.size, entry.mode & 0o7777, entry.uid, entry.gid
+    mtime = entry.mtime_ns // 1_000_000_000
+    if (len(name) > NAME or len(linkname) > LINKNAME or not 0 <= uid < _OCTAL_ID
+            or not 0 <= gid < _OCTAL_ID or not 0 <= size < _OCTAL_NUMBER
+            or not 0 <= mtime < _OCTAL_NUMBER):
+        return None
+    major = minor = b""
+    if member.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        if not (0 <= entry.rdev_major < _OCTAL_ID and 0 <= entry.rdev_minor < _OCTAL_ID):
+            return None
+        major, minor = b"%07o\0" % entry.rdev_major, b"%07o\0" % entry.rdev_minor
+    uname, gname = entry.uname, entry.gname
+    block = _BLOCK.pack(name, b"%07o\0" % mode, b"%07o\0" % uid, b"%07o\0" % gid,
+                        b"%011o\0" % size, b"%011o\0" % mtime, _BLANK_CHECKSUM, member.type,
+                        linkname, magic, uname if len(uname) <= OWNER else b"",
+                        gname if len(gname) <= OWNER else b"", major, minor, b"")
+    # The sum of the block's bytes: adler32's low half is 1 + the sum of its
+    # input modulo 65521, exact for 256 bytes (at most 65,280).
+    view = memoryview(block)
+    checksum = (zlib.adler32(view[:_HALF]) & 0xFFFF) + (zlib.adler32(view[_HALF:]) & 0xFFFF) - 2
+    return block[:CHECKSUM_AT] + b"%06o\0 " % checksum + block[CHECKSUM_AT + CHECKSUM:]
 
 
 def _text(value: bytes) -> str:

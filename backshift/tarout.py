@@ -28,8 +28,9 @@ from .tarheader import BLOCK, FORMATS, Member, encode_header, sparse_map_block
 from .tree import is_relative_path
 
 RECORD = tarfile.RECORDSIZE
+_ZEROS = bytes(BLOCK)
 # Entries held back while their chunks are fetched ahead (pipeline.Prefetcher).
-LOOKAHEAD_ENTRIES = 256
+LOOKAHEAD_ENTRIES = 4096
 # Packs kept decompressed while writing: the files of a directory come from
 # a few packs, unchanged ones from earlier backups' packs, new ones from
 # this backup's; a pack evicted too early is decompressed again.
@@ -85,13 +86,20 @@ class TarWriter:
         except TarFormatError as exc:
             self._skip(path, str(exc))
             return
+        if member.type not in (tarfile.REGTYPE, tarfile.GNUTYPE_SPARSE):
+            self._write(header)
+            return
+        if entry.kind == KIND_HARDLINK:
+            self._link_moved[entry.target] = path
+        if entry.kind == KIND_HARDLINK or entry.nlink > 1:
+            self._link_targets.add(path)
+        if entry.flags & (FLAG_INLINE | FLAG_PACKED) and not entry.flags & FLAG_SPARSE:
+            # A small file (most are): header, content and padding in one write.
+            self._write(header + self._small_content(path, entry)
+                        + _ZEROS[:-entry.size % BLOCK])
+            return
         self._write(header)
-        if member.type in (tarfile.REGTYPE, tarfile.GNUTYPE_SPARSE):
-            if entry.kind == KIND_HARDLINK:
-                self._link_moved[entry.target] = path
-            if entry.kind == KIND_HARDLINK or entry.nlink > 1:
-                self._link_targets.add(path)
-            self._write_content(member)
+        self._write_content(member)
 
     def _member(self, path: bytes, entry: Entry) -> Member:
         if not safe_member(path):
@@ -137,8 +145,9 @@ class TarWriter:
                                  % (os.fsdecode(member.path), self.format_name, exc)) from None
         # Sub-second times are not counted: nearly every file has them, and
         # gnu and ustar users expect whole seconds, as from GNU tar itself.
-        if self.format != tarfile.PAX_FORMAT and member.type != tarfile.LNKTYPE and any(
-                key.startswith(XATTR_PREFIX) for key in member.entry.extras):
+        extras = member.entry.extras
+        if self.format != tarfile.PAX_FORMAT and member.type != tarfile.LNKTYPE and extras \
+                and any(key.startswith(XATTR_PREFIX) for key in extras):
             self.attrs_dropped += 1
         return header
 
@@ -186,9 +195,7 @@ class TarWriter:
         """Exactly ``size`` bytes of stored content, in pieces (zeros where damaged)."""
         remaining = size
         if entry.flags & (FLAG_INLINE | FLAG_PACKED):
-            whole = (entry.inline or b"") if entry.flags & FLAG_INLINE else \
-                self._packed(path, entry)
-            data = whole[:remaining]
+            data = self._small_content(path, entry)[:size]
             if data:
                 yield data
             remaining -= len(data)
@@ -205,11 +212,24 @@ class TarWriter:
                 yield data
                 remaining -= len(data)
         if remaining > 0:
-            self.damage(path, "stored content is %d bytes short; padded with zeros" % remaining)
+            self._short(path, remaining)
             step = 1 << 20
             while remaining > 0:
                 yield bytes(min(remaining, step))
                 remaining -= step
+
+    def _small_content(self, path: bytes, entry: Entry) -> bytes:
+        """An inline or packed file's ``entry.size`` bytes (zeros where damaged)."""
+        whole = (entry.inline or b"") if entry.flags & FLAG_INLINE else \
+            self._packed(path, entry)
+        data = whole[:entry.size]
+        if len(data) < entry.size:
+            self._short(path, entry.size - len(data))
+            data += bytes(entry.size - len(data))
+        return data
+
+    def _short(self, path: bytes, missing: int) -> None:
+        self.damage(path, "stored content is %d bytes short; padded with zeros" % missing)
 
     def _packed(self, path: bytes, entry: Entry) -> bytes:
         """A packed file's content, or b"" if its pack is damaged (reported)."""

@@ -8,15 +8,22 @@ may a directory already left whose record holds such entries: its own
 entry is pending in its parent until the cut.  Every cut resolves all of
 them at once (``resolve``).  Small directories' records are held inline in
 their entry.
+
+A directory that did not change is not encoded again: while the entries
+added to it are, byte for byte, those of its earlier record (the one its
+EarlierCursor walks), they are only counted; if all of them come, that
+record's chunk list (or inline bytes) is its record again.  At the first
+difference the entries so far are written out and it goes on as any other.
 """
 
-from typing import List, Optional, Sequence, Set, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Set, Tuple, Union
 
 from .chunking import Chunker
 from .compression import Compressor
-from .earlier import PreviousDir
+from .earlier import EarlierCursor, PreviousDir
 from .objectstore import Objects, ObjectStore
-from .records import FLAG_IMPLICIT, FLAG_INLINE, KIND_DIR, ChunkRef, Entry
+from .records import (FLAG_IMPLICIT, FLAG_INLINE, KIND_DIR, RECORD_HEADER, ChunkRef, Entry,
+                      encode_entry)
 from .recordwriter import FrozenRecord, RecordWriter, store_top_record
 
 # Directory records up to this size are held in their directory's entry, in
@@ -34,13 +41,18 @@ class OpenDir:
     wait behind it.
     """
 
-    __slots__ = ("name", "meta", "writer", "previous", "queue", "names", "before")
+    __slots__ = ("name", "meta", "writer", "previous", "queue", "names", "before", "cursor",
+                 "same")
 
     def __init__(self, name: bytes, writer: RecordWriter, previous: Optional[PreviousDir]) -> None:
         self.name = name
         self.meta: Optional[Entry] = None  # its own entry, once the input named it
         self.writer = writer
         self.previous = previous
+        self.cursor: Optional[EarlierCursor] = previous.cursor if previous is not None else None
+        # While the record so far is the first ``same`` bytes of the cursor's
+        # record, nothing is given to the writer; -1 once it differs.
+        self.same = RECORD_HEADER.size if self.cursor is not None and self.cursor.whole else -1
         self.queue: List[Union[Entry, bytes]] = []
         # Names recorded in this fragment, as name_key values (dirstack.py),
         # and, if the input left this directory and came back, its earlier
@@ -52,10 +64,12 @@ class OpenDir:
 class TreeBuilder:
     """Turns the entries of open directories into stored directory records."""
 
-    def __init__(self, store: ObjectStore, chunker: Chunker, compressor: Compressor) -> None:
+    def __init__(self, store: ObjectStore, chunker: Chunker, compressor: Compressor,
+                 touch: Callable[[bytes], bool]) -> None:
         self._store = store
         self._chunker = chunker
         self._compressor = compressor
+        self._touch = touch  # marks an earlier record's chunk as used again (False if gone)
         # Directories already left whose records wait for a pack cut, with
         # their entries, children before parents.
         self._waiting: List[Tuple[OpenDir, Entry]] = []
@@ -67,10 +81,26 @@ class TreeBuilder:
     @staticmethod
     def add(directory: OpenDir, entry: Union[Entry, bytes]) -> None:
         """Add to a directory's record, or queue behind entries still pending."""
+        if directory.same >= 0:
+            if isinstance(entry, Entry) and not entry.pending:
+                entry = encode_entry(entry)
+            if isinstance(entry, bytes):
+                record = directory.cursor.record  # type: ignore[union-attr]
+                if record.startswith(entry, directory.same):
+                    directory.same += len(entry)
+                    return
+            _write_out(directory)
         if directory.queue or (isinstance(entry, Entry) and entry.pending):
             directory.queue.append(entry)
         else:
             directory.writer.add(entry)
+
+    def reuse(self, directory: OpenDir, start: int, end: int) -> None:
+        """Add bytes ``start:end`` of the directory's earlier record (its cursor's)."""
+        if directory.same == start:
+            directory.same = end
+        else:
+            self.add(directory, directory.cursor.record[start:end])  # type: ignore[union-attr]
 
     def close(self, directory: OpenDir, parent: OpenDir) -> None:
         """The input left ``directory``: its entry goes into ``parent``."""
@@ -79,7 +109,7 @@ class TreeBuilder:
             entry.pending = True
             self._waiting.append((directory, entry))
         else:
-            _finish_dir(directory, entry)
+            self._finish_dir(directory, entry)
         self.add(parent, entry)
 
     def resolve(self, open_dirs: Sequence[OpenDir]) -> None:
@@ -87,7 +117,7 @@ class TreeBuilder:
         for directory, entry in self._waiting:  # children before parents
             directory.writer.add_all(directory.queue)
             directory.queue = []
-            _finish_dir(directory, entry)
+            self._finish_dir(directory, entry)
             entry.pending = False
         self._waiting = []
         for directory in open_dirs:
@@ -96,8 +126,13 @@ class TreeBuilder:
 
     def finish_root(self, root: OpenDir) -> List[ChunkRef]:
         """Store the root's record and the top record naming it (FORMAT.md)."""
-        return store_top_record(self._store, self._compressor,
-                                _dir_entry(root, root.writer.finish()))
+        earlier = root.cursor.fragment if root.cursor is not None else None
+        if earlier is not None and not earlier.flags & FLAG_INLINE and self._unchanged(root):
+            chunks = list(earlier.chunks)
+        else:
+            _write_out(root)
+            chunks = root.writer.finish()
+        return store_top_record(self._store, self._compressor, _dir_entry(root, chunks))
 
     @staticmethod
     def freeze(open_dirs: Sequence[OpenDir]) -> "FrozenTree":
@@ -106,8 +141,36 @@ class TreeBuilder:
         The open directories go on unchanged; no entry may be pending (cut
         the pack first).
         """
-        return FrozenTree([(_dir_entry_copy(directory, []), directory.writer.freeze())
+        return FrozenTree([(_dir_entry_copy(directory, []), _frozen_record(directory))
                            for directory in open_dirs])
+
+    def _finish_dir(self, directory: OpenDir, entry: Entry) -> None:
+        """Give a directory's entry its record: the earlier one if unchanged, inline if
+        small, else stored chunks."""
+        if self._unchanged(directory):
+            earlier = directory.cursor.fragment  # type: ignore[union-attr]
+            if earlier.flags & FLAG_INLINE:
+                entry.flags |= FLAG_INLINE
+                entry.inline = earlier.inline
+            else:
+                entry.chunks = list(earlier.chunks)
+            return
+        _write_out(directory)
+        record = directory.writer.finish_small(DIR_INLINE_MAX)
+        if record is not None:
+            entry.flags |= FLAG_INLINE
+            entry.inline = record
+        else:
+            entry.chunks = directory.writer.finish()
+
+    def _unchanged(self, directory: OpenDir) -> bool:
+        """Is the directory's record its cursor's, whole, with every chunk still there?"""
+        cursor = directory.cursor
+        if cursor is None or directory.same != len(cursor.record) or directory.queue:
+            return False
+        earlier = cursor.fragment
+        return bool(earlier.flags & FLAG_INLINE) or all(
+            self._touch(digest) for digest, _length in earlier.chunks)
 
 
 class FrozenTree:
@@ -133,14 +196,20 @@ class FrozenTree:
         return store_top_record(objects, compressor, extra[0])
 
 
-def _finish_dir(directory: OpenDir, entry: Entry) -> None:
-    """Give a directory's entry its record: inline if small, else stored chunks."""
-    record = directory.writer.finish_small(DIR_INLINE_MAX)
-    if record is not None:
-        entry.flags |= FLAG_INLINE
-        entry.inline = record
-    else:
-        entry.chunks = directory.writer.finish()
+def _frozen_record(directory: OpenDir) -> FrozenRecord:
+    """A directory's record as it is now: its earlier record's prefix, if it still is."""
+    cursor = directory.cursor
+    if cursor is not None and directory.same >= 0:
+        return FrozenRecord([], cursor.record[:directory.same])
+    return directory.writer.freeze()
+
+
+def _write_out(directory: OpenDir) -> None:
+    """The record so far is no longer its earlier one's prefix: give it to the writer."""
+    cursor = directory.cursor
+    if cursor is not None and directory.same > RECORD_HEADER.size:
+        directory.writer.add(cursor.record[RECORD_HEADER.size:directory.same])
+    directory.same = -1
 
 
 def _dir_entry(directory: OpenDir, chunks: List[ChunkRef]) -> Entry:

@@ -1,15 +1,19 @@
-"""Helpers for tests: run backshift and tar as real processes, compare trees."""
+"""Helpers for tests: run backshift (in this process or as one of its own) and tar, compare trees."""
 
+import contextlib
+import io
 import json
 import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
+from backshift.cli import main
 from backshift.objectstore import ObjectStore
-from backshift.records import FLAG_PACKED, Entry
+from backshift.records import FLAG_PACKED, FLAG_PARTIAL, KIND_FILE, KIND_HARDLINK, Entry
 from backshift.savedir import SaveDir
 from backshift.tree import TreeReader
 
@@ -40,8 +44,48 @@ def wait_until(predicate: Callable[[], object], timeout: float = 120.0,
         time.sleep(0.005)
 
 
-def run(args: Sequence[str], input: Optional[bytes] = None, cwd: Optional[str] = None,
-        timeout: float = 300) -> subprocess.CompletedProcess:
+def run(args: Sequence[str], input: Optional[bytes] = None,
+        cwd: Optional[str] = None) -> subprocess.CompletedProcess:
+    """backshift's command line run in this process (backshift.cli.main), as
+    bin/backshift runs it but without starting an interpreter each time.
+
+    Its exit status, stdout and stderr (encoded as Python encodes a
+    process's stderr) are returned as subprocess.run returns them.  One
+    call at a time (``cwd`` changes this process's directory meanwhile).
+    Tests of the process itself (its launcher, streams, signals), of
+    several writers at once, or of races with a thread of the test use
+    run_process.
+    """
+    stdout = io.BytesIO()
+    stderr = io.StringIO()
+    text_stdout = io.StringIO()  # argparse's --help and --version
+    here = os.getcwd()
+    threads = set(threading.enumerate())
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(text_stdout), contextlib.redirect_stderr(stderr):
+            try:
+                status = main(list(args), io.BytesIO(input or b""), stdout, stderr)
+            except SystemExit as exc:
+                status = exc.code if isinstance(exc.code, int) else 1
+        # As a process ends: once its threads have (a read-ahead hint may be
+        # finishing with a file, relative to ``cwd``).
+        for thread in set(threading.enumerate()) - threads:
+            if not thread.daemon:
+                thread.join()
+    finally:
+        if cwd is not None:
+            os.chdir(here)
+    return subprocess.CompletedProcess(
+        BACKSHIFT + list(args), status,
+        stdout.getvalue() + text_stdout.getvalue().encode(),
+        stderr.getvalue().encode("utf-8", "backslashreplace"))
+
+
+def run_process(args: Sequence[str], input: Optional[bytes] = None, cwd: Optional[str] = None,
+                timeout: float = 300) -> subprocess.CompletedProcess:
+    """bin/backshift as a process of its own."""
     return subprocess.run(BACKSHIFT + list(args), input=input, cwd=cwd, timeout=timeout,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -199,6 +243,23 @@ def read_record(savedir: str, backup_id: str) -> dict:
     """A backup record (backups/<id>) as the JSON document FORMAT.md describes."""
     with open(os.path.join(savedir, "backups", backup_id), "rb") as handle:
         return json.loads(handle.read().decode("utf-8"))
+
+
+def saved_so_far(savedir: str, record: dict) -> Tuple[int, int]:
+    """(bytes of whole files, bytes of PARTIAL prefixes) in a record's tree."""
+    if record["root"] is None:
+        return 0, 0
+    reader = TreeReader(ObjectStore(savedir, "test"))
+    root = [(bytes.fromhex(digest), length) for digest, length in record["root"]]
+    whole = prefix = 0
+    for _path, entry in reader.walk(root):
+        if entry.kind not in (KIND_FILE, KIND_HARDLINK):
+            continue
+        if entry.flags & FLAG_PARTIAL:
+            prefix += sum(length for _, length in entry.chunks)
+        else:
+            whole += entry.size
+    return whole, prefix
 
 
 def outgrow_inline_record(directory: str, files: int = 80) -> None:

@@ -15,7 +15,6 @@ import time
 from typing import List, Tuple
 
 import helpers
-from test_resume import saved_so_far
 
 INTERVAL = 1.0
 # A checkpoint or a fresh record at least this often (the interval, and a second).
@@ -92,5 +91,5 @@ def test_a_checkpoint_every_interval_inside_one_big_file(savedir, tmp_path):
     assert longest_gap(times) <= LATEST, [(mtime - started, record["checkpoints"])
                                           for mtime, record in seen]
     # Each checkpoint holds more of the file than the one before.
-    saved = [sum(saved_so_far(savedir, record)) for _mtime, record in published]
+    saved = [sum(helpers.saved_so_far(savedir, record)) for _mtime, record in published]
     assert saved == sorted(set(saved)) and saved[-1] > 0, saved

@@ -42,7 +42,8 @@ def test_help_shows_the_seed_examples_and_exit_codes():
 
 
 def test_version_from_launcher_and_as_module(tmp_path):
-    assert helpers.run_ok(["--version"]).stdout.decode().strip() == "backshift " + __version__
+    result = helpers.run_process(["--version"])
+    assert result.returncode == 0 and result.stdout.decode().strip() == "backshift " + __version__
     env = dict(os.environ, PYTHONPATH=helpers.REPO)
     result = subprocess.run([sys.executable, "-m", "backshift", "--version"], cwd=str(tmp_path),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -162,6 +163,10 @@ def test_filelist_missing_and_present(tmp_path, savedir):
     names = helpers.run_ok(["--save-directory", savedir, "--list-backup-simply",
                             "--backup-id", backup_id]).stdout.split(b"\n")
     assert b"src/sub/b.txt" in names
+    # Run in this process (helpers.run), the program left the list closed.
+    open_files = [os.readlink("/proc/self/fd/" + fd) for fd in os.listdir("/proc/self/fd")
+                  if os.path.exists("/proc/self/fd/" + fd)]
+    assert str(listing) not in open_files
 
 
 def test_unknown_backup_id_lists_recent_ids(tmp_path, savedir):

@@ -338,11 +338,12 @@ def test_expire_in_a_loop_while_three_backups_run(tmp_path, savedir):
                     break
                 mutate(top, rng, round_number, common)
                 before = set(helpers.list_ids(savedir))
-                result = helpers.run(["--save-directory", savedir, "--backup", "--subset", "sys",
-                                      "--hostname", host, "--no-fsync",
-                                      "--checkpoint-interval", "0.05"],
-                                     input=helpers.find_print0(host, cwd=str(tmp_path)),
-                                     cwd=str(tmp_path))
+                # Processes, as several hosts' backups are.
+                result = helpers.run_process(["--save-directory", savedir, "--backup",
+                                              "--subset", "sys", "--hostname", host, "--no-fsync",
+                                              "--checkpoint-interval", "0.05"],
+                                             input=helpers.find_print0(host, cwd=str(tmp_path)),
+                                             cwd=str(tmp_path))
                 if result.returncode != 0:
                     failures.append((host, result.stderr))
                     return

@@ -217,15 +217,15 @@ def test_a_symlink_replaced_before_it_is_read_is_reported_as_changed(savedir, tm
     reporter = Reporter(io.StringIO())
     backup = Backup(SaveDir(savedir, "test", durable=False), BackupOptions("test", "test"),
                     reporter)
-    lstat = backup.source.lstat
+    lstat_at = backup.source.lstat_at  # every lstat of a backup goes through it
 
-    def lstat_then_swap(path: bytes):
-        st = lstat(path)
-        if path == b"src/l":
+    def lstat_then_swap(parent: bytes, name: bytes):
+        st = lstat_at(parent, name)
+        if (parent, name) == (b"src", b"l"):
             os.unlink("src/l")
             os.mkdir("src/l")
         return st
-    backup.source.lstat = lstat_then_swap  # type: ignore[assignment]
+    backup.source.lstat_at = lstat_then_swap  # type: ignore[assignment]
     backup.run(iter([b"src", b"src/l"]))
     assert reporter.stream.getvalue() == \
         "backshift: src/l: changed during backup (no longer a symlink); not saved\n"

@@ -10,17 +10,13 @@ import base64
 import os
 import random
 import signal
-import time
-from typing import Callable, Tuple
+from typing import Callable
 
 import pytest
 
 from helpers import (NO_SETTLE, FedBackup, assert_same_tree, extract, find_print0, list_ids,
-                     produce_tar, read_record, run_ok, wait_until)
+                     produce_tar, read_record, run_ok, saved_so_far, wait_until)
 
-from backshift.objectstore import ObjectStore
-from backshift.records import FLAG_PARTIAL, KIND_FILE, KIND_HARDLINK
-from backshift.tree import TreeReader
 
 # Several data chunks (1 MiB on average), so that a checkpoint can fall inside it.
 BIG = 6 * 1024 * 1024
@@ -51,23 +47,6 @@ def make_big(path: str, rng: random.Random, size: int = BIG) -> int:
         for _ in range(size // (3 << 20)):
             handle.write(base64.b64encode(rng.randbytes(3 << 20)))
     return os.path.getsize(path)
-
-
-def saved_so_far(savedir: str, record: dict) -> Tuple[int, int]:
-    """(bytes of whole files, bytes of PARTIAL prefixes) in a record's tree."""
-    if record["root"] is None:
-        return 0, 0
-    reader = TreeReader(ObjectStore(savedir, "test"))
-    root = [(bytes.fromhex(digest), length) for digest, length in record["root"]]
-    whole = prefix = 0
-    for _path, entry in reader.walk(root):
-        if entry.kind not in (KIND_FILE, KIND_HARDLINK):
-            continue
-        if entry.flags & FLAG_PARTIAL:
-            prefix += sum(length for _, length in entry.chunks)
-        else:
-            whole += entry.size
-    return whole, prefix
 
 
 def all_stopped(pid: int) -> bool:
@@ -126,17 +105,12 @@ def kill_once_seen(backup: FedBackup, ready: Callable[[dict], bool]) -> str:
     return backup_id
 
 
-def wait_for_a_later_second(savedir: str) -> None:
-    """Ids name their start to the second, and the most recent backup (the one
-    to resume from) is the last id: a run must start in a later second."""
-    def later() -> bool:
-        now = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())  # as catalog.make_backup_id
-        return all(now > backup_id[:16] for backup_id in list_ids(savedir))
-    wait_until(later, what="a later second")
-
-
 def resume(savedir: str, paths: bytes, cwd: str) -> str:
-    """Run the backup to the end; its id (ids of one second need not sort in order)."""
+    """Run the backup to the end; its id.
+
+    Runs may start in the same second: ids name only the second, and the
+    run resumed from is the newest by the exact start its record holds
+    (catalog.backup_order), so nothing waits for the clock here."""
     before = set(list_ids(savedir))
     run_ok(["--save-directory", savedir, "--backup", "--subset", "resume"] + RESUME,
            input=paths, cwd=cwd)
@@ -179,7 +153,6 @@ def test_kill_9_at_several_points_then_resume(savedir, tmp_path):
         ("inside the big file", up_to(paths, b"src/b/big"), inside_the_big_file),
     ]
     for label, fed, ready in kill_points:
-        wait_for_a_later_second(savedir)
         backup = FedBackup(savedir, cwd, subset="resume", extra=OPTIONS)
         backup.feed(fed)
         killed = kill_when(backup, ready)

@@ -1,7 +1,7 @@
 """Issue 4 item 3 over the network: the save directory on a real sshfs mount.
 
 An sshd is started on 127.0.0.1 (a free port, a host key and a client key
-generated for the test), a directory is mounted with sshfs, and four backup
+generated for the tests, one sshd for them all), a directory is mounted with sshfs, and four backup
 processes write into a save directory on the mount at once.  Skipped only
 where /dev/fuse is missing.  Also: sshfs inode numbers are not stable across
 mounts, which is what --no-inode-check is for.
@@ -91,15 +91,24 @@ class Sshfs:
         self.sshd.wait()
 
 
-@pytest.fixture
-def sshfs(tmp_path):
-    work = tmp_path / "ssh"
-    work.mkdir()
-    server = Sshfs(str(work))
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One sshd for the module's tests."""
+    server = Sshfs(str(tmp_path_factory.mktemp("ssh")))
     try:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def sshfs(server):
+    """The module's sshd; what a test mounts is unmounted after it."""
+    try:
+        yield server
+    finally:
+        for mountpoint in list(server.mounts):
+            server.unmount(mountpoint)
 
 
 def test_four_writers_on_sshfs(sshfs, tmp_path):
