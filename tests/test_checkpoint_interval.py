@@ -76,7 +76,9 @@ def test_a_checkpoint_every_interval_inside_one_big_file(savedir, tmp_path):
     # base64 of random bytes passes the compressibility trial and costs xz
     # about 0.4 s of CPU per MiB: seconds of work queued behind the reader,
     # which reads all of it at once (it is under the pipeline's limit).
-    size = 16 << 20
+    # 32 MiB keeps the backup past the interval + 1 s on a quiet 2-core
+    # machine too (16 MiB took under 2 s there).
+    size = 32 << 20
     with open(str(src / "big"), "wb") as handle:
         handle.write(base64.b64encode(random.Random(7).randbytes(size // 4 * 3)))
     seen = watch_backup(savedir, str(src), "big", "xz")
