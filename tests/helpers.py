@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -314,6 +315,14 @@ def all_stored_bytes(savedir: str) -> bytes:
     return b"".join(store.get(digest) for digest in store.iter_digests())
 
 
+def _sigint_as_from_a_terminal() -> None:
+    """In a child: SIGINT at its default action.  A job started in the
+    background by a non-interactive shell (as a CI runner may start the
+    suite) inherits SIGINT ignored, and Python then installs no handler for
+    it, so a test's Ctrl-C would not reach the program."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class FedBackup:
     """A backup process fed its paths through a pipe, a few at a time.
 
@@ -328,7 +337,7 @@ class FedBackup:
         self.proc = subprocess.Popen(BACKSHIFT + [
             "--save-directory", savedir, "--backup", "--subset", subset, "--no-fsync"]
             + list(extra), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, cwd=str(cwd))
+            stderr=subprocess.PIPE, cwd=str(cwd), preexec_fn=_sigint_as_from_a_terminal)
 
     def feed(self, paths: bytes) -> None:
         self.proc.stdin.write(paths)
