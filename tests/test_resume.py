@@ -203,6 +203,7 @@ def test_partial_file_resumes_after_its_prefix(savedir, tmp_path, options, big, 
     os.makedirs(top)
     size = make_big(os.path.join(top, "big"), random.Random(5), big)
     paths = find_print0("src", cwd=str(tmp_path))
+    os.sync()  # earlier tests' write-back would stall the record's writes
     backup = FedBackup(savedir, tmp_path, subset="resume", extra=options)
     backup.feed(paths)
 
