@@ -33,7 +33,7 @@ from .checkpoint import Checkpointer
 from .chunking import DATA_PARAMS, METADATA_PARAMS, Chunker
 from .compression import CompressionSpec, Compressor
 from .contentindex import ContentIndex
-from .dirstack import A_DIRECTORY, NEW, DirStack
+from .dirstack import A_DIRECTORY, NEW, DirStack, name_key
 from .earlier import PreviousDir, ReuseRule, choose_previous, same_entry, unchanged
 from .filesaver import FileSaver
 from .metadata import Metadata, copy_xattrs
@@ -244,7 +244,7 @@ class Backup:
             found = cursor.reuse(name, st) if cursor is not None else None
             if found is not None:
                 start, end, is_file, size, digests = found
-                key = hash(name) << 1
+                key = name_key(name)
                 if (key not in names and key | 1 not in names  # type: ignore[operator]
                         and (not digests or touch_all(digests))):
                     names.add(key)  # type: ignore[union-attr]

@@ -32,6 +32,12 @@ Fragments = Callable[[List[bytes]], List[Entry]]
 NEW, NOT_A_DIRECTORY, A_DIRECTORY = 0, 1, 2
 
 
+def name_key(name: bytes) -> int:
+    """The key recording ``name`` as a non-directory in OpenDir.names; as a
+    directory it is this | 1 (a hash, not the name: less memory per entry)."""
+    return hash(name) << 1
+
+
 class DirStack:
     """The open directories, root first, entered and closed as paths arrive."""
 
@@ -66,7 +72,7 @@ class DirStack:
         for index in range(depth, len(components)):
             name = components[index]
             parent = dirs[-1]
-            key = hash(name) << 1
+            key = name_key(name)
             found = _found(parent, name, key)
             if found == NOT_A_DIRECTORY:
                 return index
@@ -86,7 +92,7 @@ class DirStack:
     def claim(self, name: bytes) -> int:
         """Record ``name`` as a non-directory in the top directory; NEW if it was not there."""
         top = self.dirs[-1]
-        key = hash(name) << 1
+        key = name_key(name)
         found = _found(top, name, key)
         if found == NEW:
             top.names.add(key)
@@ -110,7 +116,7 @@ class DirStack:
 
 
 def _found(directory: OpenDir, name: bytes, key: int) -> int:
-    """How ``name`` (whose hash << 1 is ``key``) is recorded in ``directory`` so far."""
+    """How ``name`` (whose name_key is ``key``) is recorded in ``directory`` so far."""
     names = directory.names
     if key in names:
         return NOT_A_DIRECTORY
