@@ -14,12 +14,19 @@ from typing import Callable
 
 import pytest
 
+from backshift.pipeline import DEFAULT_MAX_BYTES
 from helpers import (NO_SETTLE, FedBackup, assert_same_tree, extract, find_print0, list_ids,
                      produce_tar, read_record, run_ok, saved_so_far, wait_until)
 
 
 # Several data chunks (1 MiB on average), so that a checkpoint can fall inside it.
 BIG = 6 * 1024 * 1024
+# A file whose base64 text (make_big) is 16 MiB more than the store's queue
+# holds: the reader has to wait for its first chunks to be written before it
+# can hand over the last ones, so a checkpoint is certain to show a prefix of
+# it while it is read.  (A smaller file can be handed over whole before the
+# workers write any of it; the tree published next then holds all of it.)
+PAST_QUEUE = (DEFAULT_MAX_BYTES + 16 * 1024 * 1024) * 3 // 4
 # Compression is not the point here: the cheapest level.
 RESUME = ["--compression", "zlib:1", "--no-fsync"] + list(NO_SETTLE)
 OPTIONS = ["--checkpoint-interval", "0.001", "--compression", "zlib:1"] + list(NO_SETTLE)
@@ -37,7 +44,7 @@ def make_source(top: str) -> int:
                 handle.write(data)
             total += len(data)
     os.makedirs(os.path.join(top, "b"))
-    total += make_big(os.path.join(top, "b", "big"), rng)
+    total += make_big(os.path.join(top, "b", "big"), rng, PAST_QUEUE)
     return total
 
 
@@ -191,7 +198,7 @@ def test_kill_9_at_several_points_then_resume(savedir, tmp_path):
 
 
 @pytest.mark.parametrize("options, big, kill", [
-    (OPTIONS, BIG, kill_when),
+    (OPTIONS, PAST_QUEUE, kill_when),
     # At a second's interval, with xz as by default: the reader is done with
     # the file while the workers still have seconds of it to compress, yet a
     # checkpoint soon holds the prefix written so far.
