@@ -207,40 +207,47 @@ class Backup:
         The common case is done here, in one loop: a path in the directory
         the last one was in (or was), which is open on top, whose entry at
         that directory's cursor is reused whole (EarlierCursor.reuse); it
-        records its name as DirStack.claim would.  Anything else goes the
-        general way (_walk_to, _save_entry).
+        records its name as DirStack.claim would.  A path elsewhere has the
+        directories on its way opened (_walk_to) and, unless a directory,
+        is then tried the same way.  Anything else is decided by _save_entry.
         """
-        lstat_at = self.source.lstat_at
+        stat_at = os.stat
+        dir_fd = self.source.dir_fd
         touch_all = self.savedir.objects.touch_all
         reuse = self.builder.reuse
         file_done = self.reporter.file_done
         tick = self.checkpoints.tick
         record = self.record
         here = directory = cursor = names = None
-        moved = True  # by the general way: where it left the walk is read again
+        fd = -1  # of ``here``, while only this loop used the source (-1: ask again)
         unticked = 0
         for path in paths:
-            if moved:
-                moved = False
+            parent, _slash, name = path.rpartition(b"/")
+            st: Optional[os.stat_result] = None
+            known = None  # a directory's lstat, for the general way
+            if parent == here and name and name != b"." and name != b"..":
+                try:
+                    if fd < 0:
+                        fd = dir_fd(parent)
+                    st = stat_at(name, dir_fd=fd, follow_symlinks=False)
+                except (OSError, SourceError):
+                    fd = -1
+                    try:  # again the ordinary way, which says why and starts afresh
+                        st = self.source.lstat_at(parent, name)
+                    except SourceError as exc:
+                        self.reporter.error(path, str(exc))
+                        continue
+                if st.st_mode & _FORMAT == stat.S_IFDIR:
+                    known, st = st, None  # the general way opens it
+            if st is None:
+                st = self._walk_to(path, known)
                 here, directory = self._here, self._here_dir
                 cursor = directory.cursor if directory.before is None else None
                 names = directory.names
-            parent, _slash, name = path.rpartition(b"/")
-            if parent != here or not name or name == b"." or name == b"..":
-                self._walk_to(path, None)
-                moved = True
+                fd = -1
                 tick()
-                continue
-            try:
-                st = lstat_at(parent, name)
-            except SourceError as exc:
-                self.reporter.error(path, str(exc))
-                continue
-            if st.st_mode & _FORMAT == stat.S_IFDIR:
-                self._walk_to(path, st)
-                moved = True
-                tick()
-                continue
+                if st is None:
+                    continue
             found = cursor.reuse(name, st) if cursor is not None else None
             if found is not None:
                 start, end, is_file, size, digests = found
@@ -263,41 +270,50 @@ class Backup:
                     continue
             # Changed, new, named twice or expired meanwhile: decided there.
             self._save_entry(path, name, st)
+            fd = -1
             tick()
 
-    def _walk_to(self, path: bytes, st: Optional[os.stat_result]) -> None:
-        """Save a path anywhere: open the directories on its way, then save it."""
+    def _walk_to(self, path: bytes, st: Optional[os.stat_result]) -> Optional[os.stat_result]:
+        """Open the directories on a path's way; save it if a directory (or oddly named).
+
+        Returns the lstat of a file or other non-directory left for the
+        caller to save, under its last name in the directory now open on top.
+        """
         self._here = None
         try:
             components = split_path(path)
         except ValueError:
             self.reporter.error(path, "path contains '..'; not saved")
-            return
+            return None
         if st is None:
             try:
                 st = self.source.lstat(path)
             except SourceError as exc:
                 self.reporter.error(path, str(exc))
-                return
+                return None
         is_dir = stat.S_ISDIR(st.st_mode)
         if not is_dir and not components:
             self.reporter.error(path, "the root of a backup must be a directory; not saved")
-            return
+            return None
         parents = components if is_dir else components[:-1]
         if not self._enter(path, parents):
-            return
+            return None
+        left: Optional[os.stat_result] = None
         if is_dir:
             self._save_dir(path, components[-1] if components else b"", st)
             here = path
         else:
-            self._save_entry(path, components[-1], st)
             here, _slash, name = path.rpartition(b"/")
             if name in (b"", b"."):
+                self._save_entry(path, components[-1], st)
                 here = b""
+            else:
+                left = st
         # Paths named under ``here`` from now on are in the directory open
         # on top (split_path of here + b"/" + name is parents + [name]).
         self._here = here or None
         self._here_dir = self.stack.top
+        return left
 
     def _enter(self, path: bytes, components: List[bytes]) -> bool:
         """Open the directories of ``components``; False if one was saved as a non-directory.
