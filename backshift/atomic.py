@@ -19,7 +19,6 @@ import functools
 import hashlib
 import os
 import re
-import socket
 from typing import Iterable, Optional
 
 TEMP_PREFIX = ".tmp-"
@@ -50,7 +49,7 @@ def pid_space() -> Optional[str]:
         return None
     if not boot:
         return None
-    node = socket.gethostname().encode()
+    node = os.uname().nodename.encode()
     return hashlib.blake2b(b"\0".join((node, boot, namespace)), digest_size=8).hexdigest()
 
 
@@ -126,7 +125,7 @@ def drop_from_cache(fd: int) -> None:
 
 def this_host() -> str:
     """This machine's name as written into temporary file names by default."""
-    return socket.gethostname().split(".")[0] or "localhost"
+    return os.uname().nodename.split(".")[0] or "localhost"
 
 
 def writer_is_dead(name: str) -> bool:

@@ -34,7 +34,7 @@ XZ_PRESET_DICT): same output, 17% less time on small chunks.
 import bz2
 import contextlib
 import lzma
-import platform
+import sys
 import threading
 import zlib
 from typing import Dict, List, Optional, Tuple
@@ -73,7 +73,7 @@ XZ_MIN_DICT = 4096
 # when several threads used it at once ("cdata 'lzma_options_lzma *' has no
 # field 'id'", PyPy 7.3.11), so there lzma runs one thread at a time.
 # CPython's lzma is thread-safe and releases the GIL: no lock there.
-_LZMA_GUARD = (threading.Lock() if platform.python_implementation() == "PyPy"
+_LZMA_GUARD = (threading.Lock() if sys.implementation.name == "pypy"
                else contextlib.nullcontext())
 
 # Leading bytes of formats whose content is compressed already: gzip, xz,

@@ -300,6 +300,10 @@ class RecordCache:
         future, length = waiting
         self._bytes -= length
         self.hits += 1
+        if future.cancel():
+            # Not begun: the prefetches queued before it (a big directory's
+            # subdirectories, say) would keep the walk waiting; read it now.
+            return self.objects.get(digest, verify)
         return future.result()
 
     def close(self) -> None:
