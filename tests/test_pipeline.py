@@ -180,6 +180,44 @@ def test_record_cache_reads_ahead_within_budget(tmp_path):
         cache.close()
 
 
+class _Held:
+    """An object reader that holds the reading of one object until released."""
+
+    def __init__(self, objects: ObjectStore, held: bytes) -> None:
+        self.objects = objects
+        self.held = held
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def get(self, digest: bytes, verify: bool = True) -> bytes:
+        if digest == self.held:
+            self.reached.set()
+            self.release.wait()
+        return self.objects.get(digest, verify)
+
+
+def test_record_cache_reads_itself_what_waits_behind_an_unfinished_prefetch(tmp_path):
+    # A walk entering a subdirectory must not wait for the records of its
+    # parent's other subdirectories, queued before its own.
+    objects = _store(tmp_path)
+    compressor = Compressor(CompressionSpec.parse("xz"))
+    chunks = _chunks(2, 1000, seed=5)
+    refs = [(objects.put(chunk, compressor), len(chunk)) for chunk in chunks]
+    reader = _Held(objects, refs[0][0])
+    cache = RecordCache(reader, workers=1)
+    timer = threading.Timer(60, reader.release.set)  # without it, a hang would be the failure
+    timer.start()
+    try:
+        cache.prefetch(refs)
+        assert reader.reached.wait(60)  # the only worker is held on the first
+        assert cache.get(refs[1][0]) == chunks[1]
+        assert not reader.release.is_set()  # got while the first was still being read
+    finally:
+        reader.release.set()
+        timer.cancel()
+        cache.close()
+
+
 def test_read_ahead_passes_paths_through_and_skips_what_is_not_a_file(tmp_path):
     top = tmp_path / "tree"
     top.mkdir()
