@@ -35,6 +35,8 @@ Prefetch = Callable[[List[ChunkRef]], None]
 # The kinds (a record's kind byte) an earlier entry may have for a file of each type.
 _KINDS = {stat.S_IFREG: (KIND_FILE[0], KIND_HARDLINK[0]), stat.S_IFLNK: (KIND_SYMLINK[0],),
           stat.S_IFDIR: (KIND_DIR[0],)}
+_S_IFMT = 0o170000  # the file type bits of st_mode
+_S_IFREG, _S_IFLNK = stat.S_IFREG, stat.S_IFLNK
 
 
 def unchanged(earlier: Union[Entry, RawEntry], st: os.stat_result, started_ns: int,
@@ -66,10 +68,10 @@ def unchanged_fields(kind: int, mtime_ns: int, ctime_ns: int, ino: int, size: in
         return False
     if inode_check and ino != st.st_ino:
         return False
-    mode = st.st_mode
-    if kind not in _KINDS.get(stat.S_IFMT(mode), ()):
+    file_type = st.st_mode & _S_IFMT  # stat.S_IFMT without a call (once per file)
+    if kind not in _KINDS.get(file_type, ()):
         return False
-    if stat.S_ISREG(mode) and size != st.st_size:
+    if file_type == _S_IFREG and size != st.st_size:
         return False
     return mtime_ns < limit_ns and ctime_ns < limit_ns
 
@@ -117,7 +119,6 @@ STREAM_AHEAD = 64 * 1024
 _NOT_REUSED = FLAG_PARTIAL | FLAG_IMPLICIT
 _FILE, _SYMLINK, _DIR = KIND_FILE[0], KIND_SYMLINK[0], KIND_DIR[0]
 _PERMISSIONS = 0o7777
-_S_IFREG, _S_IFLNK = stat.S_IFREG, stat.S_IFLNK
 _TWO_LENGTHS = struct.Struct("<II")
 
 
