@@ -37,6 +37,7 @@ from .dirstack import A_DIRECTORY, NEW, DirStack, name_key
 from .earlier import PreviousDir, ReuseRule, choose_previous, same_entry, unchanged
 from .filesaver import FileSaver
 from .metadata import Metadata, copy_xattrs
+from .objectstore import KeptInCache
 from .packing import Packer
 from .pathinput import InputError
 from .pipeline import RecordCache, StorePipeline
@@ -106,8 +107,9 @@ class Backup:
         self.packer = Packer(self.store.put, compressor, self._pack_cut)
         self.source = SourceTree()
         self.readahead = ReadAhead()
-        # Earlier backups' records, read ahead of the walk (pipeline.py).
-        self.records = RecordCache(savedir.objects)
+        # Earlier backups' records, read ahead of the walk (pipeline.py), and
+        # left in the page cache for the next backup.
+        self.records = RecordCache(KeptInCache(savedir.objects))
         self.metadata = Metadata(self.source, self.reporter)
         self.checkpoints = Checkpointer(options.checkpoint_interval, self.record,
                                         savedir.catalog, self.store, self._freeze,

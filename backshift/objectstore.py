@@ -86,6 +86,18 @@ class Objects(ObjectReader, Protocol):
         """Is the object present?"""
 
 
+class KeptInCache:
+    """Reads a store's objects leaving them in the page cache: for the directory
+    records of earlier backups, which every re-backup reads (and the next one
+    again: dropped, each re-backup would wait for the disk for all of them)."""
+
+    def __init__(self, store: "ObjectStore") -> None:
+        self._store = store
+
+    def get(self, digest: bytes, verify: bool = True) -> bytes:
+        return self._store.get(digest, verify, keep_cached=True)
+
+
 def digest_of(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
 
@@ -228,14 +240,19 @@ class ObjectStore:
         for directory in directories:
             fsync_directory(directory)
 
-    def read_raw(self, digest: bytes) -> Tuple[int, int, bytes]:
-        """(codec, uncompressed length, payload) of an object, unverified."""
+    def read_raw(self, digest: bytes, keep_cached: bool = False) -> Tuple[int, int, bytes]:
+        """(codec, uncompressed length, payload) of an object, unverified.
+
+        What is read is dropped from the page cache (a restore or check would
+        otherwise push out what the machine is using), unless ``keep_cached``.
+        """
         path = self.path_of(digest)
         for attempt in range(3):
             try:
                 with open(path, "rb") as handle:
                     blob = handle.read()
-                    drop_from_cache(handle.fileno())
+                    if not keep_cached:
+                        drop_from_cache(handle.fileno())
                 break
             except FileNotFoundError:
                 raise ObjectError(digest, "missing") from None
@@ -283,9 +300,10 @@ class ObjectStore:
             os.close(fd)
         return None
 
-    def get(self, digest: bytes, verify: bool = True) -> bytes:
-        """The uncompressed content of an object, checked against its digest."""
-        codec, length, payload = self.read_raw(digest)
+    def get(self, digest: bytes, verify: bool = True, keep_cached: bool = False) -> bytes:
+        """The uncompressed content of an object, checked against its digest
+        (``keep_cached``: see read_raw)."""
+        codec, length, payload = self.read_raw(digest, keep_cached)
         try:
             data = decompress(codec, payload)
         except ValueError as exc:

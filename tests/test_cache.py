@@ -10,6 +10,10 @@ import os
 import subprocess
 
 import helpers
+from backshift.catalog import Catalog
+from backshift.objectstore import ObjectStore
+from backshift.records import FLAG_INLINE, KIND_DIR
+from backshift.tree import TreeReader
 
 MIB = 1024 * 1024
 
@@ -67,3 +71,41 @@ def test_backup_leaves_little_in_the_page_cache(tmp_path):
     assert stored > 64 * MIB  # the data really was written
     objects_resident = resident_bytes(objects)
     assert source_resident + objects_resident < 16 * MIB, (source_resident, objects_resident)
+
+
+def _record_objects(savedir: str, backup_id: str):
+    """Paths of the objects holding the directory records of a backup (not inline)."""
+    objects = ObjectStore(savedir, "host")
+    record = Catalog(savedir, "host").read(backup_id)
+    reader = TreeReader(objects)
+    digests = {digest for entry in reader.root_entries(record.root)
+               for digest, _length in entry.chunks}
+    for _path, entry in reader.walk(record.root, include_implicit=True):
+        if entry.kind == KIND_DIR and not entry.flags & FLAG_INLINE:
+            digests.update(digest for digest, _length in entry.chunks)
+    return [objects.path_of(digest) for digest in sorted(digests)]
+
+
+def test_a_rebackup_leaves_the_earlier_directory_records_in_the_page_cache(tmp_path):
+    # Every re-backup reads them again: dropped, each would wait for the disk
+    # for all of them (file content read for a backup or restore is dropped).
+    src = tmp_path / "src"
+    for number in range(6):
+        directory = src / ("d%d" % number)
+        directory.mkdir(parents=True)
+        (directory / "file").write_bytes(b"%d" % number * 100)
+        helpers.outgrow_inline_record(str(directory), files=120)
+    savedir = str(tmp_path / "save")
+    helpers.run_ok(["--save-directory", savedir, "--init-savedir"])
+    args = ["--save-directory", savedir, "--backup", "--subset", "cache"]
+    first = helpers.run(args, input=helpers.find_print0(str(src)))
+    assert first.returncode == 0, first.stderr.decode(errors="replace")
+    records = _record_objects(savedir, helpers.list_ids(savedir)[-1])
+    assert len(records) >= 7  # the root's and each directory's own
+
+    drop_caches()
+    assert resident_bytes(records) == 0, "the cache was not emptied"
+    again = helpers.run(args, input=helpers.find_print0(str(src)))
+    assert again.returncode == 0, again.stderr.decode(errors="replace")
+    cold = [path for path in records if resident_bytes([path]) == 0]
+    assert not cold, cold
