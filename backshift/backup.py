@@ -213,15 +213,13 @@ class Backup:
         directories on its way opened (_walk_to) and, unless a directory,
         is then tried the same way.  Anything else is decided by _save_entry.
         """
-        stat_at = os.stat
-        dir_fd = self.source.dir_fd
+        lstat_at = self.source.lstat_at
         touch_all = self.savedir.objects.touch_all
         reuse = self.builder.reuse
         file_done = self.reporter.file_done
         tick = self.checkpoints.tick
         record = self.record
         here = directory = cursor = names = None
-        fd = -1  # of ``here``, while only this loop used the source (-1: ask again)
         unticked = 0
         for path in paths:
             parent, _slash, name = path.rpartition(b"/")
@@ -229,16 +227,10 @@ class Backup:
             known = None  # a directory's lstat, for the general way
             if parent == here and name and name != b"." and name != b"..":
                 try:
-                    if fd < 0:
-                        fd = dir_fd(parent)
-                    st = stat_at(name, dir_fd=fd, follow_symlinks=False)
-                except (OSError, SourceError):
-                    fd = -1
-                    try:  # again the ordinary way, which says why and starts afresh
-                        st = self.source.lstat_at(parent, name)
-                    except SourceError as exc:
-                        self.reporter.error(path, str(exc))
-                        continue
+                    st = lstat_at(parent, name)
+                except SourceError as exc:
+                    self.reporter.error(path, str(exc))
+                    continue
                 if st.st_mode & _FORMAT == stat.S_IFDIR:
                     known, st = st, None  # the general way opens it
             if st is None:
@@ -246,7 +238,6 @@ class Backup:
                 here, directory = self._here, self._here_dir
                 cursor = directory.cursor if directory.before is None else None
                 names = directory.names
-                fd = -1
                 tick()
                 if st is None:
                     continue
@@ -272,7 +263,6 @@ class Backup:
                     continue
             # Changed, new, named twice or expired meanwhile: decided there.
             self._save_entry(path, name, st)
-            fd = -1
             tick()
 
     def _walk_to(self, path: bytes, st: Optional[os.stat_result]) -> Optional[os.stat_result]:

@@ -144,18 +144,6 @@ class SourceTree:
             self._parents.close()
             raise SourceError(_reason(exc)) from None
 
-    def dir_fd(self, parent: bytes) -> int:
-        """A descriptor of ``parent`` (as lstat_at takes it), reached without symlinks.
-
-        For lstat in a loop: it stays open until this SourceTree is next
-        used for another directory, or fails.
-        """
-        try:
-            return self._parents.parent_fd(parent)
-        except OSError as exc:
-            self._parents.close()
-            raise SourceError(_reason(exc)) from None
-
     def readlink(self, path: bytes) -> bytes:
         parent, name = split_parent(path)
         try:
