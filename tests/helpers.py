@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -295,6 +296,20 @@ def object_digests(savedir: str) -> Set[str]:
     top = os.path.join(savedir, "objects")
     return {name for sub in os.listdir(top) for name in os.listdir(os.path.join(top, sub))
             if not name.startswith(".")}
+
+
+def payloads_by_codec(savedir: str) -> Dict[int, List[bytes]]:
+    """Payloads of every object in the save directory, by the codec in its header,
+    read from the files as FORMAT.md ("Objects") describes them."""
+    header = struct.Struct("<4sBBHQ")
+    found: Dict[int, List[bytes]] = {}
+    root = os.path.join(savedir, "objects")
+    for prefix in os.listdir(root):
+        for name in os.listdir(os.path.join(root, prefix)):
+            with open(os.path.join(root, prefix, name), "rb") as handle:
+                blob = handle.read()
+            found.setdefault(header.unpack_from(blob)[2], []).append(blob[header.size:])
+    return found
 
 
 def pack_of(entry: Entry) -> bytes:
