@@ -73,7 +73,9 @@ def make_variant(spec):
 
     def run(data, ratio):
         if route and ratio > worth:
-            return zlib.compress(data, 1)
+            payload = zlib.compress(data, 1)
+            if len(payload) > len(data) * worth:  # as compression.Compressor._xz_or_zlib
+                return payload
         dict_size = compression.XZ_MIN_DICT
         while dict_size < len(data) and dict_size < top:
             dict_size <<= 1

@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import signal
 import stat
 import struct
@@ -296,6 +297,16 @@ def object_digests(savedir: str) -> Set[str]:
     top = os.path.join(savedir, "objects")
     return {name for sub in os.listdir(top) for name in os.listdir(os.path.join(top, sub))
             if not name.startswith(".")}
+
+
+def costly_text(rng: random.Random, size: int) -> bytes:
+    """``size`` bytes of text that costs xz about as much CPU per MiB as
+    base64 of random bytes but, unlike it, is compressible enough to be
+    given to xz and not to zlib (compression.XZ_WORTH_RATIO: the trial's
+    ratio is 0.53): lines of random hex digits between comment lines."""
+    digits = rng.randbytes(size // 2).hex().encode()
+    return b"".join(digits[start:start + 64] + b"\n# a comment\n"
+                    for start in range(0, size, 64))[:size]
 
 
 def payloads_by_codec(savedir: str) -> Dict[int, List[bytes]]:

@@ -8,6 +8,7 @@ a stream the ``xz`` command line tool decodes to the object's content, and
 the tree must come back exactly through GNU tar.
 """
 
+import base64
 import hashlib
 import os
 import random
@@ -45,6 +46,14 @@ def test_poorly_compressible_data_gets_zlib_and_round_trips():
         assert chosen.compress(poor)[0] == CODEC_ZLIB
     text = b" ".join(b"word%d" % rng.randrange(500) for _ in range(100000))
     assert compressor.compress(text)[0] == CODEC_XZ
+    # Words of a vocabulary larger than a trial's sample: each sample looks
+    # poor, the whole does not (its words recur further apart), and xz's
+    # window finds them: xz it is.
+    vocabulary = [base64.b64encode(rng.randbytes(9)) for _ in range(4096)]
+    words = b" ".join(rng.choices(vocabulary, k=200000))
+    assert compression.trial_ratio(words) > compression.XZ_WORTH_RATIO  # the premise
+    codec, payload = compressor.compress(words)
+    assert codec == CODEC_XZ and len(payload) < len(zlib.compress(words, 1)) * 0.7
     # Asked for bz2, it is bz2 whatever the data: the choice is xz's alone.
     bz2 = compression.Compressor(compression.CompressionSpec.parse("bz2"))
     assert bz2.compress(poor)[0] == compression.CODEC_BZ2
