@@ -45,10 +45,16 @@ class PackParams:
     past the minimum, decided by content alone.  It is always cut at
     ``max_size`` bytes or ``max_files`` files, which bound a backup's
     memory of pending entries.
+
+    Packs of 1 to 4 MiB (about 2 on average): xz gains 4% on a pack of
+    4 MB of source files over one of 750 KB, the pack size of 256 KiB /
+    512 KiB / 2 MiB before, and a later backup's new packs hold only what
+    changed, so larger packs do not cost deduplication.  A restore keeps
+    tarout.PACKS_CACHED of them decompressed: 8 x 4 MiB at most.
     """
 
-    def __init__(self, min_size: int = 256 * 1024, spread: int = 512 * 1024,
-                 max_size: int = 2 * 1024 * 1024, max_files: int = 8192) -> None:
+    def __init__(self, min_size: int = 1024 * 1024, spread: int = 1024 * 1024,
+                 max_size: int = 4 * 1024 * 1024, max_files: int = 8192) -> None:
         self.min_size = min_size
         self.spread = spread
         self.max_size = max_size
