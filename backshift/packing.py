@@ -27,7 +27,7 @@ import collections
 import hashlib
 from typing import Callable, Deque, Dict, List, Optional, Tuple, Union
 
-from .compression import CompressionSpec, Compressor, already_compressed
+from .compression import CompressionSpec, Compressor, already_compressed, thorough
 from .records import FLAG_PACKED, ChunkRef, Entry
 
 
@@ -87,7 +87,8 @@ class Packer:
     zip...) fill a pack of their own, stored raw: xz gains nothing on them
     and runs five times slower on such data than on text.  Both packs are
     cut together, by the rule of PackParams applied to their sum, so every
-    cut still resolves every pending entry.
+    cut still resolves every pending entry.  A pack cut before its minimum
+    size (a checkpoint, the end of the backup) is compressed ``thorough``ly.
     """
 
     def __init__(self, put: Store, compressor: Compressor, on_cut: Callable[[], None],
@@ -96,6 +97,7 @@ class Packer:
         self._on_cut = on_cut
         self.params = params or PackParams()
         self._main = _Lane(compressor)
+        self._thorough = thorough(compressor)
         # With no compression there is nothing to keep apart.
         self._raw = self._main if compressor.spec.name == "none" else \
             _Lane(Compressor(CompressionSpec("none", None)))
@@ -180,7 +182,9 @@ class Packer:
         for lane in (self._main, self._raw) if self._raw is not self._main else (self._main,):
             if lane.keys:
                 pack = bytes(lane.buffer)
-                refs[id(lane)] = (self._put(pack, lane.compressor), len(pack))
+                compressor = self._thorough if lane is self._main \
+                    and len(pack) < self.params.min_size else lane.compressor
+                refs[id(lane)] = (self._put(pack, compressor), len(pack))
                 self.packs += 1
             for key in lane.keys:
                 self._known[key] = (refs[id(lane)], self._known[key][1])

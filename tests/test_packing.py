@@ -690,3 +690,24 @@ def test_damaged_pack_is_reported_per_file_and_the_stream_stays_well_formed(save
         shown_paths = shown.split(", ")
         assert set(shown_paths) <= {os.fsdecode(path) for path in victims}
         assert len(shown_paths) + more == len(victims)
+
+
+def test_packs_cut_before_their_minimum_are_compressed_thoroughly():
+    # A pack the rule cuts is compressed as asked; one cut early (a
+    # checkpoint, the end of the backup) with xz at level 6 at least: few,
+    # small, and most of what a nightly backup adds.
+    params = PackParams(min_size=16 * KIB, spread=16 * KIB, max_size=64 * KIB, max_files=1000)
+    for asked, early in (("xz:1", "xz:6"), ("xz:9", "xz:9"), ("zlib:1", "zlib:1")):
+        levels: List[Tuple[int, str]] = []
+
+        def put(data: bytes, compressor: Compressor) -> bytes:
+            levels.append((len(data), str(compressor.spec)))
+            return hashlib.blake2b(data, digest_size=32).digest()
+
+        packer = Packer(put, Compressor(CompressionSpec.parse(asked)), lambda: None, params)
+        for content in random_files(7, 40, 1 * KIB, 4 * KIB):
+            packer.add(Entry(b"f", KIND_FILE, size=len(content)), content)
+        packer.cut()
+        assert len(levels) >= 2 and levels[-1][0] < params.min_size, levels
+        assert all(spec == asked for size, spec in levels[:-1]), levels
+        assert levels[-1][1] == early, levels
