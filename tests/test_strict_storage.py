@@ -11,6 +11,7 @@ import pytest
 
 import helpers
 from backshift.atomic import pid_space, this_host
+from backshift.backup import PACK_FILE_MAX
 from backshift.objectstore import digest_of
 from backshift.savedir import SaveDir
 from backshift.tree import TreeReader
@@ -59,7 +60,7 @@ TEXT = b"".join(b"line %d of a compressible file\n" % number for number in range
 
 
 def test_nonzero_reserved_header_field_is_damage(savedir, tmp_path):
-    backup_id, path = one_file_backup(savedir, tmp_path, os.urandom(200000))
+    backup_id, path = one_file_backup(savedir, tmp_path, os.urandom(PACK_FILE_MAX + 1000))
     os.chmod(path, 0o600)
     with open(path, "r+b") as handle:
         handle.seek(6)  # u16 reserved, after magic, version and codec
@@ -141,7 +142,7 @@ def test_check_counts_temporary_files_and_removes_those_of_dead_writers(savedir)
 def test_a_backup_removes_temporary_files_of_dead_writers(savedir, tmp_path):
     # A file of one chunk whose object goes to a directory known in advance:
     # the backup lists it (a small object directory), as it does anyway.
-    content = os.urandom(128 * 1024)
+    content = os.urandom(PACK_FILE_MAX + 1024)
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f").write_bytes(content)
     directory = os.path.join(savedir, "objects", digest_of(content).hex()[:2])
