@@ -18,12 +18,13 @@ import struct
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .catalog import BackupRecord
-from .records import (CHUNKREF_SIZE, ENTRY_MIN, FIELD_LENGTH, FIXED_AND_NAME_LENGTH,
-                      FLAG_IMPLICIT, FLAG_INLINE, FLAG_PACKED, FLAG_PARTIAL, KIND_DIR, KIND_FILE,
-                      KIND_HARDLINK, KIND_SYMLINK, LENGTH_AND_NAME_LENGTH, LENGTH_KIND_FLAGS,
-                      NAME_AT, PACKREF_SIZE, ChunkRef, Entry, RawEntry, RecordError,
-                      check_record_header, decode_entry, scan_entries)
+from .records import (CHUNKREF_SIZE, ENTRY_MIN, FIELD_LENGTH, FIXED_AND_NAME_LENGTH, FLAG_IMPLICIT,
+                      FLAG_INLINE, FLAG_PACKED, FLAG_PARTIAL, KIND_DIR, KIND_FILE, KIND_HARDLINK,
+                      KIND_SYMLINK, LENGTH_AND_NAME_LENGTH, LENGTH_KIND_FLAGS, NAME_AT,
+                      PACKREF_SIZE, ChunkRef, Entry, RecordError, check_record_header,
+                      decode_entry)
 from .recordindex import CHUNKS_AHEAD, LARGE_RECORD, RecordIndex, read_ahead
+from .recordscan import RawEntry, scan_entries
 from .tree import TreeReader
 
 # An entry of an earlier backup, with that backup's start time (ns since

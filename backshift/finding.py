@@ -23,7 +23,8 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 from .catalog import BackupRecord
 from .objectstore import ObjectError
 from .records import (FLAG_IMPLICIT, FLAG_INLINE, FLAG_PARTIAL, KIND_DIR, Entry, RecordError,
-                      RecordPieces, decode_entry, entry_head)
+                      decode_entry)
+from .recordscan import RecordPieces, entry_head
 from .tree import DamageHandler, TreeReader, join_path, name_problem, split_path
 
 Match = Tuple[bytes, Entry]  # (path relative to the backup's root, entry)

@@ -8,8 +8,8 @@ import os
 import stat
 from typing import Dict, Optional, Tuple
 
-from .records import (KIND_BLOCK, KIND_CHAR, KIND_FIFO, KIND_SYMLINK, XATTR_PREFIX, Entry,
-                      encode_owners)
+from .records import KIND_BLOCK, KIND_CHAR, KIND_FIFO, KIND_SYMLINK, XATTR_PREFIX, Entry
+from .recordscan import encode_owners
 from .report import Reporter
 from .sourcefs import SourceFile, SourceTree, device_numbers
 

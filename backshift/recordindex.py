@@ -16,7 +16,8 @@ import collections
 import struct
 from typing import Callable, Iterator, List, Sequence
 
-from .records import KIND_DIR, RECORD_HEADER, ChunkRef, RawEntry, RecordError, entry_spans
+from .records import KIND_DIR, RECORD_HEADER, ChunkRef, RecordError
+from .recordscan import RawEntry, entry_spans
 
 # Records from this size on are indexed so.
 LARGE_RECORD = 1 << 20

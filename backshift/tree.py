@@ -14,10 +14,10 @@ in this one place; restore, listing, check and expiry all walk through it.
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .objectstore import ObjectError, ObjectReader, digest_of
-from .records import (FLAG_IMPLICIT, FLAG_INLINE, FLAG_PACKED, FLAG_SPARSE, KIND_DIR,
-                      KIND_FILE, KIND_HARDLINK, KINDS, KNOWN_FLAGS, ChunkRef, Entry,
-                      RecordError, decode_entry, entry_head, entry_length, entry_spans,
-                      iter_entries)
+from .records import (FLAG_IMPLICIT, FLAG_INLINE, FLAG_PACKED, FLAG_SPARSE, KIND_DIR, KIND_FILE,
+                      KIND_HARDLINK, KINDS, KNOWN_FLAGS, ChunkRef, Entry, RecordError,
+                      decode_entry, iter_entries)
+from .recordscan import entry_head, entry_length, entry_spans
 
 # on_damage(path, reason): an entry or directory record that breaks the
 # format's rules or cannot be read; it, and what lies below it, is skipped.

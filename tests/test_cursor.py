@@ -21,9 +21,10 @@ from backshift import earlier
 from backshift.backup import Backup, BackupOptions
 from backshift.earlier import EarlierCursor, ReuseRule, same_entry, unchanged
 from backshift.metadata import Metadata
-from backshift.records import (FLAG_IMPLICIT, FLAG_INLINE, FLAG_PACKED, FLAG_PARTIAL,
-                               FLAG_SPARSE, KIND_FILE, KIND_HARDLINK, KIND_SYMLINK, Entry,
-                               RawEntry, encode_entry, record_header)
+from backshift.records import (FLAG_IMPLICIT, FLAG_INLINE, FLAG_PACKED, FLAG_PARTIAL, FLAG_SPARSE,
+                               KIND_FILE, KIND_HARDLINK, KIND_SYMLINK, Entry, encode_entry,
+                               record_header)
+from backshift.recordscan import RawEntry
 from backshift.report import Reporter
 from backshift.savedir import SaveDir
 from backshift.sourcefs import SourceTree

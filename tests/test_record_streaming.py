@@ -1,4 +1,4 @@
-"""Directory records read chunk by chunk (records.entry_spans), as restores and listings do.
+"""Directory records read chunk by chunk (recordscan.entry_spans), as restores and listings do.
 
 A record cut into pieces at any boundary, even inside an entry's length
 field, gives the same entries as the whole record; a record that ends
@@ -8,7 +8,8 @@ inside an entry is an error, not a silently shorter directory.
 import pytest
 
 from backshift.records import (KIND_FILE, Entry, RecordError, decode_entry, encode_entry,
-                               entry_spans, iter_entries, record_header)
+                               iter_entries, record_header)
+from backshift.recordscan import entry_spans
 
 
 def _record() -> bytes:
