@@ -48,6 +48,7 @@ def main() -> int:
     work = args.work or tempfile.mkdtemp(prefix="bench-sshfs-")
     sshd = Sshd(os.path.join(work, "sshd"))
     log = os.path.join(work, "sshfs.log")
+    sshfs = None
     try:
         remote = fresh_dir(os.path.join(work, "remote"))
         mountpoint = os.path.join(work, "mount")
@@ -68,7 +69,7 @@ def main() -> int:
         print("\n".join(rows))
     finally:
         sshd.close()
-        if 'sshfs' in locals():
+        if sshfs is not None:
             sshfs.wait()
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
