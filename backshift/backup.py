@@ -169,6 +169,7 @@ class Backup:
             self.record.finished = utc_now()
             self.savedir.catalog.write(self.record)
         finally:
+            self.readahead.close()
             self.store.close()
             self.records.close()
             self.source.close()

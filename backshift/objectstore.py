@@ -19,6 +19,7 @@ import hashlib
 import os
 import struct
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Set, Tuple
 
 from .atomic import (TEMP_PREFIX, drop_from_cache, fsync_directory, remove_dead_writers_files,
@@ -44,6 +45,15 @@ XZ_FOOTER_MAGIC = b"YZ"
 # directories are not read whole for the few objects a backup adds.
 LISTING_DIR_BYTES = 16 * 1024
 LISTING_MAX = 512
+# ... and only once this many objects were found absent in it one by one:
+# over a network a listing costs several round trips (sshfs: a lookup,
+# open, four reads, close), a failed ``utime`` one, so a directory that
+# gets a new object or two (a small backup, a sparse save directory) is
+# cheaper without.
+LIST_AFTER_MISSES = 4
+# Directories fsynced at once by ``sync``: a local file system commits
+# them in one journal transaction instead of one flush each.
+SYNC_THREADS = 8
 
 
 def _small_listing(directory: str) -> Optional[Set[str]]:
@@ -126,6 +136,8 @@ class ObjectStore:
         # Names in each small object directory, listed once (_listed_absent);
         # None for a directory too large to keep its names.
         self._listings: Dict[str, Optional[Set[str]]] = {}
+        # Objects found absent by a failed touch, per directory not listed yet.
+        self._misses: Dict[str, int] = {}
         self.objects_written = 0
         self.bytes_written = 0
         # put() may run in several threads at once (pipeline.py).
@@ -183,22 +195,34 @@ class ObjectStore:
 
     def touch_if_present(self, digest: bytes) -> bool:
         """Is the object present (then touched), the first step of ``put``?"""
-        return not self._listed_absent(digest) and self.touch(digest)
+        if digest in self._known:
+            return True
+        if self._listed_absent(digest):
+            return False
+        if self.touch(digest):
+            return True
+        prefix = digest.hex()[:2]
+        with self._lock:
+            self._misses[prefix] = self._misses.get(prefix, 0) + 1
+        return False
 
     def _listed_absent(self, digest: bytes) -> bool:
         """Is the object surely new, by a listing of its (small) directory?
 
         A save directory's first backups write mostly new objects, and on a
         network file system the failed ``utime`` that finds each one new is
-        a round trip.  A small object directory is listed once instead (one
-        round trip for all its names).  A listing that is stale (another
-        writer stored the object since) only makes this writer store the
-        same bytes again, which is success (FORMAT.md, "Writing rule").
+        a round trip.  A small object directory that keeps getting new
+        objects (LIST_AFTER_MISSES) is listed once instead (a few round
+        trips for all its names).  A listing that is stale (another writer
+        stored the object since) only makes this writer store the same
+        bytes again, which is success (FORMAT.md, "Writing rule").
         Temporary files the listing shows of writers provably dead go.
         """
         hexdigest = digest.hex()
         prefix = hexdigest[:2]
         if prefix not in self._listings:
+            if self._misses.get(prefix, 0) < LIST_AFTER_MISSES:
+                return False
             directory = os.path.join(self.root, prefix)
             listing = _small_listing(directory)
             if listing is not None:
@@ -237,8 +261,13 @@ class ObjectStore:
             self._dirty_dirs.clear()
         if not self.durable:
             return
-        for directory in directories:
-            fsync_directory(directory)
+        if len(directories) < 2:
+            for directory in directories:
+                fsync_directory(directory)
+            return
+        with ThreadPoolExecutor(max_workers=SYNC_THREADS,
+                                thread_name_prefix="backshift-sync") as pool:
+            list(pool.map(fsync_directory, directories))
 
     def read_raw(self, digest: bytes, keep_cached: bool = False) -> Tuple[int, int, bytes]:
         """(codec, uncompressed length, payload) of an object, unverified.

@@ -80,10 +80,16 @@ class ReadAhead:
                         self._done += 1
                         yield path
         finally:
-            self._stop.set()
-            # Ends the hint thread even if the reader never started (an
-            # interrupt between the two starts would leave it waiting).
-            self._hints.put(None)
+            self.close()
+
+    def close(self) -> None:
+        """Stop the threads: the backup ends, having taken every path or not (an error
+        raised while the input thread waits to hand over more would leave it waiting,
+        and the process could not exit)."""
+        self._stop.set()
+        # Ends the hint thread even if the reader never started (an
+        # interrupt between the two starts would leave it waiting).
+        self._hints.put(None)
 
     def _take(self, paths: Iterable[bytes], feed: "_Feed") -> None:
         # Paths go over in batches where the input offers them so (NulPaths:

@@ -175,6 +175,26 @@ class Sshd:
                        check=True, stdin=subprocess.DEVNULL, timeout=60)
         self.mounts.append(mountpoint)
 
+    def mount_traced(self, remote: str, mountpoint: str, log: str) -> subprocess.Popen:
+        """Mount as ``mount`` does, sshfs in the foreground writing each SFTP request
+        it sends to ``log`` (its -d output: a line "[id] TYPE" per request)."""
+        os.makedirs(remote, exist_ok=True)
+        os.makedirs(mountpoint, exist_ok=True)
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                ["sshfs", "%s@127.0.0.1:%s" % (self.user, remote), mountpoint, "-f", "-d",
+                 "-p", str(self.port), "-o",
+                 "IdentityFile=%s,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,"
+                 "BatchMode=yes,LogLevel=ERROR" % self.key],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(mountpoint):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("sshfs did not mount (see %s)" % log)
+            time.sleep(0.1)
+        self.mounts.append(mountpoint)
+        return proc
+
     def close(self) -> None:
         for mountpoint in reversed(self.mounts):
             subprocess.run(["fusermount", "-u", "-z", mountpoint], check=False)

@@ -97,3 +97,25 @@ def test_randomize_shuffles_nul_items(tmp_path):
                          check=True).stdout
     shuffled = out.split(b"\0")[:-1]
     assert sorted(shuffled) == sorted(items) and shuffled != items
+
+
+def test_a_failing_save_directory_ends_the_backup_with_input_left(tmp_path, savedir):
+    # Every object directory is a file: the first object's write fails while
+    # the input thread still waits to hand over paths.  The process must
+    # exit with the error (its threads stopped), not wait for them forever.
+    objects = os.path.join(savedir, "objects")
+    for name in os.listdir(objects):
+        os.rmdir(os.path.join(objects, name))
+        open(os.path.join(objects, name), "wb").close()
+    # Long names: the input comes in several reads, so the input thread has
+    # a batch waiting and more to hand over when the backup fails.
+    deep = tmp_path / "src" / ("d" * 200)
+    deep.mkdir(parents=True)
+    for number in range(1000):
+        (deep / ("f%04d" % number)).write_bytes(os.urandom(32 * 1024))
+    result = helpers.run_process(["--save-directory", savedir, "--backup", "--subset", "x",
+                                  "--compression", "none", "--no-stats"],
+                                 input=helpers.find_print0("src", cwd=str(tmp_path)),
+                                 cwd=str(tmp_path), timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert b"Not a directory" in result.stderr

@@ -5,14 +5,14 @@ data; and temporary files left by writers that were killed."""
 import os
 import subprocess
 import sys
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 
 import helpers
 from backshift.atomic import pid_space, this_host
 from backshift.backup import PACK_FILE_MAX
-from backshift.objectstore import digest_of
+from backshift.objectstore import LIST_AFTER_MISSES, digest_of
 from backshift.savedir import SaveDir
 from backshift.tree import TreeReader
 
@@ -139,13 +139,28 @@ def test_check_counts_temporary_files_and_removes_those_of_dead_writers(savedir)
     assert all(os.path.exists(path) for path in alive)
 
 
+def one_directory_contents(count: int, size: int) -> List[bytes]:
+    """``count`` contents of ``size`` bytes whose objects go to one object directory."""
+    base = os.urandom(size - 8)
+    by_prefix: Dict[int, List[bytes]] = {}
+    for number in range(256 * count):
+        content = base + number.to_bytes(8, "big")
+        group = by_prefix.setdefault(digest_of(content)[0], [])
+        group.append(content)
+        if len(group) == count:
+            return group
+    raise AssertionError("no %d contents in one directory" % count)
+
+
 def test_a_backup_removes_temporary_files_of_dead_writers(savedir, tmp_path):
-    # A file of one chunk whose object goes to a directory known in advance:
-    # the backup lists it (a small object directory), as it does anyway.
-    content = os.urandom(PACK_FILE_MAX + 1024)
+    # Files of one chunk each (too big to be packed) whose objects go to one
+    # directory known in advance, enough that the backup lists it
+    # (LIST_AFTER_MISSES), as it does anyway.
+    contents = one_directory_contents(LIST_AFTER_MISSES + 1, PACK_FILE_MAX + 1024)
     (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "f").write_bytes(content)
-    directory = os.path.join(savedir, "objects", digest_of(content).hex()[:2])
+    for number, content in enumerate(contents):
+        (tmp_path / "src" / ("f%d" % number)).write_bytes(content)
+    directory = os.path.join(savedir, "objects", digest_of(contents[0]).hex()[:2])
     dead, alive = leave_temporary_files(directory)
     dead_records, alive_records = leave_temporary_files(os.path.join(savedir, "backups"))
     helpers.backup(savedir, "src", cwd=str(tmp_path))
