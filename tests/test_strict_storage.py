@@ -13,6 +13,7 @@ import helpers
 from backshift.atomic import pid_space, this_host
 from backshift.backup import PACK_FILE_MAX
 from backshift.objectstore import LIST_AFTER_MISSES, digest_of
+from backshift.pipeline import default_workers
 from backshift.savedir import SaveDir
 from backshift.tree import TreeReader
 
@@ -154,9 +155,13 @@ def one_directory_contents(count: int, size: int) -> List[bytes]:
 
 def test_a_backup_removes_temporary_files_of_dead_writers(savedir, tmp_path):
     # Files of one chunk each (too big to be packed) whose objects go to one
-    # directory known in advance, enough that the backup lists it
-    # (LIST_AFTER_MISSES), as it does anyway.
-    contents = one_directory_contents(LIST_AFTER_MISSES + 1, PACK_FILE_MAX + 1024)
+    # directory known in advance, enough that the backup lists it, as it
+    # does anyway.  The store's workers look for objects at once: the last
+    # file's look begins after all but default_workers() of the others
+    # ended, so it sees LIST_AFTER_MISSES misses counted whatever the timing
+    # (with one file more than LIST_AFTER_MISSES, every look could come first).
+    contents = one_directory_contents(LIST_AFTER_MISSES + default_workers() + 1,
+                                      PACK_FILE_MAX + 1024)
     (tmp_path / "src").mkdir()
     for number, content in enumerate(contents):
         (tmp_path / "src" / ("f%d" % number)).write_bytes(content)
