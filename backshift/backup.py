@@ -58,7 +58,9 @@ INLINE_MAX = PACKREF_SIZE
 # Files up to this size go into packs (packing.py) instead of objects of
 # their own: most files on a real system are this small, and an object each
 # would cost a file, a 4 KiB block and an fsync apiece and compress poorly.
-PACK_FILE_MAX = 64 * 1024
+# A file below DATA_PARAMS.min_size would be one chunk anyway, alone in its
+# xz stream; packed beside others it compresses better (64 KiB before).
+PACK_FILE_MAX = 256 * 1024
 # A file changed within this many ns of an earlier backup's start may have
 # changed again in the same timestamp tick after it was read: re-read it.
 SETTLE_NS = 2_000_000_000

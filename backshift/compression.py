@@ -189,6 +189,22 @@ def quick(compressor: Compressor) -> Compressor:
     return Compressor(CompressionSpec("zlib", DEFAULT_LEVELS["zlib"]))
 
 
+# xz level for the packs a backup cuts before they reach their minimum size
+# (packing.py: at a checkpoint or at its end).  There are few of them, and
+# the last is most of what a nightly backup adds: on the packs of five
+# edited versions of a source tree, level 6 stored 10% less than level 1,
+# at 0.3 CPU seconds per MB instead of 0.09.
+THOROUGH_XZ_LEVEL = 6
+
+
+def thorough(compressor: Compressor) -> Compressor:
+    """``compressor``, at THOROUGH_XZ_LEVEL at least where it is xz."""
+    spec = compressor.spec
+    if spec.name != "xz" or (spec.level or 0) >= THOROUGH_XZ_LEVEL:
+        return compressor
+    return Compressor(CompressionSpec("xz", THOROUGH_XZ_LEVEL))
+
+
 def decompress(codec: int, payload: bytes) -> bytes:
     """Inverse of Compressor.compress; raises ValueError on unknown or corrupt data.
 

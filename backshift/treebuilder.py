@@ -29,7 +29,12 @@ from .recordwriter import FrozenRecord, RecordWriter, store_top_record
 # Directory records up to this size are held in their directory's entry, in
 # the parent's record: most directories are small, and an object each would
 # cost a file, a block and an fsync, and a read when the next backup compares.
-DIR_INLINE_MAX = 4096
+# A change inside an inline record rewrites the parent's chunk that holds it,
+# as it would rewrite that chunk for the child's new chunk list anyway; so a
+# limit near the metadata chunks' size (64 KiB) costs no deduplication and
+# saves the child's own objects (4 KiB before: six versions of a source tree
+# took 0.13 MB less du at 16 KiB and 0.04 MB less again at 64 KiB).
+DIR_INLINE_MAX = 64 * 1024
 
 
 class OpenDir:
@@ -125,14 +130,13 @@ class TreeBuilder:
             directory.queue = []
 
     def finish_root(self, root: OpenDir) -> List[ChunkRef]:
-        """Store the root's record and the top record naming it (FORMAT.md)."""
-        earlier = root.cursor.fragment if root.cursor is not None else None
-        if earlier is not None and not earlier.flags & FLAG_INLINE and self._unchanged(root):
-            chunks = list(earlier.chunks)
-        else:
-            _write_out(root)
-            chunks = root.writer.finish()
-        return store_top_record(self._store, self._compressor, _dir_entry(root, chunks))
+        """Store the root's record and the top record naming it (FORMAT.md).
+
+        A small root record is inline in the top record, as any small
+        directory's is in its parent's: one object fewer per backup."""
+        entry = _dir_entry(root, [])
+        self._finish_dir(root, entry)
+        return store_top_record(self._store, self._compressor, entry)
 
     @staticmethod
     def freeze(open_dirs: Sequence[OpenDir]) -> "FrozenTree":

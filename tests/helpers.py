@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
+from backshift.backup import DIR_INLINE_MAX
 from backshift.cli import main
 from backshift.objectstore import ObjectStore
 from backshift.records import FLAG_PACKED, FLAG_PARTIAL, KIND_FILE, KIND_HARDLINK, Entry
@@ -263,11 +264,15 @@ def saved_so_far(savedir: str, record: dict) -> Tuple[int, int]:
     return whole, prefix
 
 
-def outgrow_inline_record(directory: str, files: int = 80) -> None:
+def outgrow_inline_record(directory: str) -> int:
     """Add empty files until ``directory``'s record is too big to be held in its
-    parent's (backup.DIR_INLINE_MAX): it then gets objects of its own."""
+    parent's (backup.DIR_INLINE_MAX): it then gets objects of its own.  How
+    many files it added."""
+    # An empty file's entry takes at least 88 bytes besides its name.
+    files = DIR_INLINE_MAX // 88 + 1
     for number in range(files):
-        open(os.path.join(directory, "filler-%03d" % number), "wb").close()
+        open(os.path.join(directory, "filler-%04d" % number), "wb").close()
+    return files
 
 
 def write(path: str, data: bytes) -> None:

@@ -94,14 +94,14 @@ def test_a_rebackup_leaves_the_earlier_directory_records_in_the_page_cache(tmp_p
         directory = src / ("d%d" % number)
         directory.mkdir(parents=True)
         (directory / "file").write_bytes(b"%d" % number * 100)
-        helpers.outgrow_inline_record(str(directory), files=120)
+        helpers.outgrow_inline_record(str(directory))
     savedir = str(tmp_path / "save")
     helpers.run_ok(["--save-directory", savedir, "--init-savedir"])
     args = ["--save-directory", savedir, "--backup", "--subset", "cache"]
     first = helpers.run(args, input=helpers.find_print0(str(src)))
     assert first.returncode == 0, first.stderr.decode(errors="replace")
     records = _record_objects(savedir, helpers.list_ids(savedir)[-1])
-    assert len(records) >= 7  # the root's and each directory's own
+    assert len(records) >= 6  # each directory's own (the root's may be in the top record)
 
     drop_caches()
     assert resident_bytes(records) == 0, "the cache was not emptied"

@@ -110,7 +110,7 @@ def format_md_packs(contents: List[bytes], params: PackParams) -> List[Tuple[byt
 def test_default_cut_parameters_are_those_of_format_md():
     params = PackParams()
     assert (params.min_size, params.spread, params.max_size, params.max_files) == \
-        (256 * KIB, 512 * KIB, 2048 * KIB, 8192)
+        (1024 * KIB, 1024 * KIB, 4096 * KIB, 8192)
 
 
 def test_packs_are_cut_exactly_where_format_md_says():
@@ -132,7 +132,7 @@ def test_packs_are_cut_exactly_where_format_md_says():
 
 
 def test_default_parameters_cut_where_format_md_says():
-    contents = random_files(5, 1500, 41, 8 * KIB)
+    contents = random_files(5, 3000, 41, 8 * KIB)
     harness = Harness()
     for content in contents:
         harness.add(content)
@@ -141,7 +141,7 @@ def test_default_parameters_cut_where_format_md_says():
     assert harness.store.order == [pack for pack, _ in expected]
     assert len(expected) >= 5
     for pack in harness.store.order[:-1]:
-        assert 256 * KIB <= len(pack) < 2048 * KIB + 8 * KIB
+        assert 1024 * KIB <= len(pack) < 4096 * KIB + 8 * KIB
 
 
 def test_no_cut_below_min_size_even_when_every_file_qualifies():
@@ -379,7 +379,7 @@ def make_mixed_tree(top: str) -> Dict[str, str]:
     early_dir = os.path.join(top, "links", early, "q" if early == "p" else "")
     late_dir = os.path.join(top, "links", late)
     for name, size in (("empty", 0), ("one", 1), ("b56", 56), ("b57", 57),
-                       ("max", 64 * KIB), ("over", 64 * KIB + 1)):
+                       ("max", 256 * KIB), ("over", 256 * KIB + 1)):
         write(os.path.join(top, name), rng.randbytes(size))
     for n in range(100):
         write(os.path.join(top, "flat", "f%03d" % n), rng.randbytes(rng.randint(0, 1000)))
@@ -407,9 +407,9 @@ def make_mixed_tree(top: str) -> Dict[str, str]:
     os.link(os.path.join(early_dir, "triple1"), os.path.join(top, "links", "s", "triple3"))
     write(os.path.join(top, "links", "same-a"), rng.randbytes(300))
     os.link(os.path.join(top, "links", "same-a"), os.path.join(top, "links", "same-b"))
-    write(os.path.join(top, "links", "max-a"), rng.randbytes(64 * KIB))
+    write(os.path.join(top, "links", "max-a"), rng.randbytes(256 * KIB))
     os.link(os.path.join(top, "links", "max-a"), os.path.join(early_dir, "max-b"))
-    write(os.path.join(top, "links", "over-a"), rng.randbytes(64 * KIB + 1))
+    write(os.path.join(top, "links", "over-a"), rng.randbytes(256 * KIB + 1))
     os.link(os.path.join(top, "links", "over-a"), os.path.join(late_dir, "over-b"))
     write(os.path.join(top, "links", "tiny-a"), b"ten bytes!")
     os.link(os.path.join(top, "links", "tiny-a"), os.path.join(top, "links", "s", "tiny-b"))
@@ -431,7 +431,7 @@ def record_digests(entries: Dict[bytes, Entry], savedir: str, backup_id: str) ->
 
 
 def assert_stored_as_format_md_says(entries: Dict[bytes, Entry], top: str) -> None:
-    """Entries of files <= 56 bytes INLINE, 57 bytes .. 64 KiB PACKED, larger chunked."""
+    """Entries of files <= 56 bytes INLINE, 57 bytes .. 256 KiB PACKED, larger chunked."""
     checked = 0
     for path, entry in entries.items():
         if entry.kind not in (KIND_FILE, KIND_HARDLINK):
@@ -440,7 +440,7 @@ def assert_stored_as_format_md_says(entries: Dict[bytes, Entry], top: str) -> No
             assert len(handle.read()) == entry.size, path
         if entry.size <= 56:
             assert entry.flags & FLAG_INLINE and not entry.flags & FLAG_PACKED, path
-        elif entry.size <= 64 * KIB:
+        elif entry.size <= 256 * KIB:
             assert entry.flags & FLAG_PACKED and not entry.flags & FLAG_INLINE, path
             (_digest, length), = entry.chunks
             assert entry.offset + entry.size <= length, path
@@ -464,12 +464,12 @@ def test_mixed_tree_round_trips_through_tar(savedir, tmp_path):
     second = entries[os.fsencode("src/" + names["left_second"])]
     assert second.kind == KIND_HARDLINK
     assert second.target == os.fsencode("src/" + names["left_first"])
-    # Under 256 KiB of small files: every entry waited for the one pack,
-    # cut at the end and shared by every directory.
+    # Under 1 MiB of small files (a pack's minimum): every entry waited for
+    # the one pack, cut at the end and shared by every directory.
     packs = {pack_of(e) for e in entries.values() if e.flags & FLAG_PACKED}
     assert len(packs) == 1
     (_digest, pack_length), = {e.chunks[0] for e in entries.values() if e.flags & FLAG_PACKED}
-    assert pack_length < 256 * KIB
+    assert pack_length < 1024 * KIB
     # Duplicate contents point at their first copy.
     for n in range(8):
         copy = entries[b"src/dups/copy%d" % n]
@@ -632,7 +632,7 @@ def test_small_files_read_again_with_the_same_content_keep_their_pack(savedir, t
 
 def test_damaged_pack_is_reported_per_file_and_the_stream_stays_well_formed(savedir, tmp_path):
     top = str(tmp_path / "src")
-    make_many_small_files(top, 400, seed=40)
+    make_many_small_files(top, 1200, seed=40)  # more than one pack
     backup_id = helpers.backup(savedir, "src", cwd=str(tmp_path))
     entries = tree_entries(savedir, backup_id)
     by_pack: Dict[bytes, List[bytes]] = {}
@@ -690,3 +690,24 @@ def test_damaged_pack_is_reported_per_file_and_the_stream_stays_well_formed(save
         shown_paths = shown.split(", ")
         assert set(shown_paths) <= {os.fsdecode(path) for path in victims}
         assert len(shown_paths) + more == len(victims)
+
+
+def test_packs_cut_before_their_minimum_are_compressed_thoroughly():
+    # A pack the rule cuts is compressed as asked; one cut early (a
+    # checkpoint, the end of the backup) with xz at level 6 at least: few,
+    # small, and most of what a nightly backup adds.
+    params = PackParams(min_size=16 * KIB, spread=16 * KIB, max_size=64 * KIB, max_files=1000)
+    for asked, early in (("xz:1", "xz:6"), ("xz:9", "xz:9"), ("zlib:1", "zlib:1")):
+        levels: List[Tuple[int, str]] = []
+
+        def put(data: bytes, compressor: Compressor) -> bytes:
+            levels.append((len(data), str(compressor.spec)))
+            return hashlib.blake2b(data, digest_size=32).digest()
+
+        packer = Packer(put, Compressor(CompressionSpec.parse(asked)), lambda: None, params)
+        for content in random_files(7, 40, 1 * KIB, 4 * KIB):
+            packer.add(Entry(b"f", KIND_FILE, size=len(content)), content)
+        packer.cut()
+        assert len(levels) >= 2 and levels[-1][0] < params.min_size, levels
+        assert all(spec == asked for size, spec in levels[:-1]), levels
+        assert levels[-1][1] == early, levels

@@ -61,7 +61,7 @@ TEXT = b"".join(b"line %d of a compressible file\n" % number for number in range
 
 
 def test_nonzero_reserved_header_field_is_damage(savedir, tmp_path):
-    backup_id, path = one_file_backup(savedir, tmp_path, os.urandom(200000))
+    backup_id, path = one_file_backup(savedir, tmp_path, os.urandom(PACK_FILE_MAX + 1000))
     os.chmod(path, 0o600)
     with open(path, "r+b") as handle:
         handle.seek(6)  # u16 reserved, after magic, version and codec
