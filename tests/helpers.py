@@ -4,8 +4,10 @@ import contextlib
 import io
 import json
 import os
+import random
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -300,6 +302,30 @@ def object_digests(savedir: str) -> Set[str]:
     top = os.path.join(savedir, "objects")
     return {name for sub in os.listdir(top) for name in os.listdir(os.path.join(top, sub))
             if not name.startswith(".")}
+
+
+def costly_text(rng: random.Random, size: int) -> bytes:
+    """``size`` bytes of text that costs xz about as much CPU per MiB as
+    base64 of random bytes but, unlike it, is compressible enough to be
+    given to xz and not to zlib (compression.XZ_WORTH_RATIO: the trial's
+    ratio is 0.53): lines of random hex digits between comment lines."""
+    digits = rng.randbytes(size // 2).hex().encode()
+    return b"".join(digits[start:start + 64] + b"\n# a comment\n"
+                    for start in range(0, size, 64))[:size]
+
+
+def payloads_by_codec(savedir: str) -> Dict[int, List[bytes]]:
+    """Payloads of every object in the save directory, by the codec in its header,
+    read from the files as FORMAT.md ("Objects") describes them."""
+    header = struct.Struct("<4sBBHQ")
+    found: Dict[int, List[bytes]] = {}
+    root = os.path.join(savedir, "objects")
+    for prefix in os.listdir(root):
+        for name in os.listdir(os.path.join(root, prefix)):
+            with open(os.path.join(root, prefix, name), "rb") as handle:
+                blob = handle.read()
+            found.setdefault(header.unpack_from(blob)[2], []).append(blob[header.size:])
+    return found
 
 
 def pack_of(entry: Entry) -> bytes:

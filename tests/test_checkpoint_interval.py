@@ -6,7 +6,6 @@ more of the file being stored.
 
 Watched from outside, as --expire sees it: the record file's mtime."""
 
-import base64
 import json
 import os
 import random
@@ -77,14 +76,14 @@ def test_the_record_is_replaced_every_interval_while_a_big_file_is_stored(savedi
 def test_a_checkpoint_every_interval_inside_one_big_file(savedir, tmp_path):
     src = tmp_path / "src"
     os.makedirs(str(src))
-    # base64 of random bytes passes the compressibility trial and costs xz
-    # about 0.4 s of CPU per MiB: seconds of work queued behind the reader,
+    # helpers.costly_text costs xz about 0.4 s of CPU per MiB: seconds of
+    # work queued behind the reader,
     # which reads all of it at once (it is under the pipeline's limit).
     # 32 MiB keeps the backup past the interval + 1 s on a quiet 2-core
     # machine too (16 MiB took under 2 s there).
     size = 32 << 20
     with open(str(src / "big"), "wb") as handle:
-        handle.write(base64.b64encode(random.Random(7).randbytes(size // 4 * 3)))
+        handle.write(helpers.costly_text(random.Random(7), size))
     seen = watch_backup(savedir, str(src), "big", "xz")
     started, finished = seen[0][0], seen[-1][0]
     assert finished - started > LATEST, "too fast to show anything: %r" % seen

@@ -6,9 +6,9 @@ slowly at xz:9, so most of the run is the write queue draining after the
 last file was read: the part that used to show nothing.
 """
 
-import base64
 import os
 import pty
+import random
 import re
 import subprocess
 
@@ -19,7 +19,7 @@ def test_progress_is_redrawn_every_second_through_the_final_drain(savedir, tmp_p
     src = tmp_path / "src"
     src.mkdir()
     (src / "small").write_bytes(b"small file\n")
-    (src / "big.txt").write_bytes(base64.b64encode(os.urandom(3 * 1024 * 1024)))
+    (src / "big.txt").write_bytes(helpers.costly_text(random.Random(18), 4 * 1024 * 1024))
     master, slave = pty.openpty()
     proc = subprocess.Popen(helpers.BACKSHIFT + ["--save-directory", savedir, "--backup",
                                                  "--subset", "tty", "--compression", "xz:9",

@@ -17,7 +17,6 @@ from typing import Dict, List
 
 import helpers
 
-HEADER = struct.Struct("<4sBBHQ")  # FORMAT.md, "Objects"
 CODEC_NONE, CODEC_XZ = 0, 2
 
 
@@ -58,19 +57,6 @@ def _make_tree(top: str) -> Dict[str, List[bytes]]:
     return contents
 
 
-def _objects(savedir: str) -> Dict[int, List[bytes]]:
-    """Payloads of every object in the save directory, by codec."""
-    found: Dict[int, List[bytes]] = {}
-    root = os.path.join(savedir, "objects")
-    for prefix in os.listdir(root):
-        for name in os.listdir(os.path.join(root, prefix)):
-            with open(os.path.join(root, prefix, name), "rb") as handle:
-                blob = handle.read()
-            _magic, _version, codec, _zero, _length = HEADER.unpack_from(blob)
-            found.setdefault(codec, []).append(blob[HEADER.size:])
-    return found
-
-
 def test_compressed_small_files_go_to_raw_packs_and_restore_exactly(tmp_path):
     source = str(tmp_path / "src")
     contents = _make_tree(source)
@@ -78,7 +64,7 @@ def test_compressed_small_files_go_to_raw_packs_and_restore_exactly(tmp_path):
     helpers.run_ok(["--save-directory", savedir, "--init-savedir"])
     backup_id = helpers.backup(savedir, source)
 
-    objects = _objects(savedir)
+    objects = helpers.payloads_by_codec(savedir)
     raw = b"\0".join(objects.get(CODEC_NONE, []))
     for data in contents["compressed"]:
         assert data in raw, "a compressed file's content is not in a raw object"

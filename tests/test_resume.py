@@ -15,13 +15,13 @@ from typing import Callable
 import pytest
 
 from backshift.pipeline import DEFAULT_MAX_BYTES
-from helpers import (NO_SETTLE, FedBackup, assert_same_tree, extract, find_print0, list_ids,
-                     produce_tar, read_record, run_ok, saved_so_far, wait_until)
+from helpers import (NO_SETTLE, FedBackup, assert_same_tree, costly_text, extract, find_print0,
+                     list_ids, produce_tar, read_record, run_ok, saved_so_far, wait_until)
 
 
 # Several data chunks (1 MiB on average), so that a checkpoint can fall inside it.
 BIG = 6 * 1024 * 1024
-# A file whose base64 text (make_big) is 16 MiB more than the store's queue
+# A file whose text (make_big) is 16 MiB more than the store's queue
 # holds: the reader has to wait for its first chunks to be written before it
 # can hand over the last ones, so a checkpoint is certain to show a prefix of
 # it while it is read.  (A smaller file can be handed over whole before the
@@ -49,10 +49,10 @@ def make_source(top: str) -> int:
 
 
 def make_big(path: str, rng: random.Random, size: int = BIG) -> int:
-    """base64 text: xz has to work for it; its size."""
+    """Text xz has to work for (helpers.costly_text); its size."""
     with open(path, "wb") as handle:
         for _ in range(size // (3 << 20)):
-            handle.write(base64.b64encode(rng.randbytes(3 << 20)))
+            handle.write(costly_text(rng, 4 << 20))
     return os.path.getsize(path)
 
 
