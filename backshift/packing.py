@@ -179,11 +179,14 @@ class Packer:
             return
         refs: Dict[int, ChunkRef] = {}
         cut_keys: List[bytes] = []
+        # Cut short (a checkpoint, the end), not by the rule of PackParams:
+        # the lanes apart may each be below the minimum in any cut.
+        main_compressor = self._thorough if self._size < self.params.min_size \
+            else self._main.compressor
         for lane in (self._main, self._raw) if self._raw is not self._main else (self._main,):
             if lane.keys:
                 pack = bytes(lane.buffer)
-                compressor = self._thorough if lane is self._main \
-                    and len(pack) < self.params.min_size else lane.compressor
+                compressor = main_compressor if lane is self._main else lane.compressor
                 refs[id(lane)] = (self._put(pack, compressor), len(pack))
                 self.packs += 1
             for key in lane.keys:
