@@ -98,6 +98,8 @@ class StorePipeline:
         # (seconds waited before the wait going on, when that began or None),
         # replaced whole so that another thread reads a consistent pair.
         self._waits: Tuple[float, Optional[float]] = (0.0, None)
+        # When on_wait is next due while callers wait (_wait_oldest).
+        self._next_tick = time.monotonic() + WAIT_TICK
         # ObjectStore.put writes a file only for an object not present
         # (else it touches it): what it wrote since we began is our growth.
         self._written_before = objects.bytes_written
@@ -199,9 +201,17 @@ class StorePipeline:
             before, started = self._waits[0], time.monotonic()
             self._waits = (before, started)
             try:
-                while not wait([future], WAIT_TICK).done:
-                    if self.on_wait is not None:
-                        self.on_wait()
+                # on_wait every WAIT_TICK of waiting, counted across the
+                # objects waited for: each may finish within a tick of the
+                # one before, and no single wait would time out.
+                while True:
+                    done = wait([future], max(0.0, self._next_tick - time.monotonic())).done
+                    if time.monotonic() >= self._next_tick:
+                        self._next_tick = time.monotonic() + WAIT_TICK
+                        if self.on_wait is not None:
+                            self.on_wait()
+                    if done:
+                        break
             finally:
                 self._waits = (before + time.monotonic() - started, None)
         del self._pending[digest]

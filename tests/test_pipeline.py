@@ -11,7 +11,7 @@ import helpers
 from backshift.pathinput import NulPaths
 from backshift.compression import CompressionSpec, Compressor
 from backshift.objectstore import ObjectError, ObjectStore, digest_of
-from backshift.pipeline import Prefetcher, RecordCache, StorePipeline, _Turns
+from backshift.pipeline import WAIT_TICK, Prefetcher, RecordCache, StorePipeline, _Turns
 from backshift.readahead import ReadAhead
 
 
@@ -279,3 +279,32 @@ def test_nul_paths_batches_follow_the_reads_of_a_pipe():
     with os.fdopen(read_end, "rb") as reader:
         paths = list(ReadAhead().paths(NulPaths(reader)))
     assert paths == [b"x", b"y", b"z"]
+
+
+def test_on_wait_is_called_every_tick_while_objects_finish_one_after_another(tmp_path):
+    # A backup's checkpoints run from on_wait while it drains the queue.
+    # Objects that each finish within a tick of the one before never let a
+    # wait time out: on_wait must still come every tick, not only on a
+    # timeout (checkpoints of a big file once stopped for 3 s that way).
+    objects = _store(tmp_path)
+    compressor = Compressor(CompressionSpec.parse("xz:6"))
+    rng = random.Random(5)
+    piece = helpers.costly_text(rng, 64 * 1024)
+    started = time.process_time()
+    compressor.compress(piece)
+    each = max(time.process_time() - started, 1e-3)
+    assert each < WAIT_TICK  # the premise: each object finishes within a tick
+    pipeline = StorePipeline(objects, workers=2, max_bytes=1 << 30)
+    calls = []
+    pipeline.on_wait = lambda: calls.append(time.monotonic())
+    # About 2 s of work on each of two workers.
+    for _ in range(int(4.0 / each)):
+        pipeline.put(helpers.costly_text(rng, 64 * 1024), compressor)
+    began = time.monotonic()
+    pipeline.drain()
+    ended = time.monotonic()
+    moments = [began] + calls + [ended]
+    assert ended - began > 4 * WAIT_TICK
+    assert max(later - earlier for earlier, later in zip(moments, moments[1:])) \
+        <= 3 * WAIT_TICK, (ended - began, len(calls))
+    pipeline.close()
