@@ -30,7 +30,7 @@ from .atomic import remove_if_writer_dead
 from .catalog import STATE_COMPLETE, STATE_FAILED, BackupRecord, make_backup_id, utc_now
 from .checkpoint import Checkpointer
 from .chunking import DATA_PARAMS, METADATA_PARAMS, Chunker
-from .compression import CompressionSpec, Compressor
+from .compression import CompressionSpec, Compressor, for_chunks
 from .contentindex import ContentIndex
 from .dirstack import DirStack
 from .earlier import PreviousDir, ReuseRule, choose_previous
@@ -115,7 +115,7 @@ class Backup:
         previous = choose_previous(savedir.catalog.records(), options.hostname, options.subset)
         moved = ContentIndex(TreeReader(savedir.objects), previous[0].root or []) \
             if previous else None
-        self.files = FileSaver(self.source, self.store, compressor, Chunker(DATA_PARAMS),
+        self.files = FileSaver(self.source, self.store, for_chunks(compressor), Chunker(DATA_PARAMS),
                                self.packer, self.metadata, self.reporter, self.record,
                                self.readahead, self.checkpoints, options.inline_max,
                                options.pack_file_max, options.inode_check, options.settle_ns,

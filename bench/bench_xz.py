@@ -15,7 +15,7 @@ object; objects that fail the trial or do not shrink count raw).
 A variant is ``default`` (the default codec as configured now, trial
 included: it counts in its CPU time) or comma-separated LZMA2 options over
 preset 1 (the dictionary sized to the object as compression.py does), e.g.
-``mf=hc3,nice=32,depth=4`` or ``lc=4,pb=0``; ``split=R`` applies the options only to objects whose trial ratio is above R
+``mf=hc3,nice=32,depth=4`` or ``lc=4,pb=0``; ``dict=KIB`` caps the dictionary at KIB KiB; ``split=R`` applies the options only to objects whose trial ratio is above R
 (the others get the plain preset); ``worth=R`` sends to zlib what the
 trial leaves above R instead of compression.XZ_WORTH_RATIO; ``route=0`` gives xz also the
 objects that compression.XZ_WORTH_RATIO sends to zlib; ``zlib1`` is zlib
@@ -52,6 +52,7 @@ def make_variant(spec):
     if spec == "zlib1":
         return lambda data, ratio: zlib.compress(data, 1)
     options = {"preset": 1}
+    top_kib = 0
     route = True
     split = 0.0
     worth = compression.XZ_WORTH_RATIO
@@ -67,9 +68,11 @@ def make_variant(spec):
             options["mf"] = MF[value]
         elif key == "mode":
             options["mode"] = MODE[value]
+        elif key == "dict":
+            top_kib = int(value)
         else:
             options[KEYS[key]] = int(value)
-    top = compression.XZ_PRESET_DICT[options["preset"]]
+    top = top_kib * 1024 or compression.XZ_PRESET_DICT[options["preset"]]
 
     def run(data, ratio):
         if route and ratio > worth:
