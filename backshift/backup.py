@@ -115,9 +115,9 @@ class Backup:
         previous = choose_previous(savedir.catalog.records(), options.hostname, options.subset)
         moved = ContentIndex(TreeReader(savedir.objects), previous[0].root or []) \
             if previous else None
-        self.files = FileSaver(self.source, self.store, for_chunks(compressor), Chunker(DATA_PARAMS),
-                               self.packer, self.metadata, self.reporter, self.record,
-                               self.readahead, self.checkpoints, options.inline_max,
+        self.files = FileSaver(self.source, self.store, for_chunks(compressor),
+                               Chunker(DATA_PARAMS), self.packer, self.metadata, self.reporter,
+                               self.record, self.readahead, self.checkpoints, options.inline_max,
                                options.pack_file_max, options.inode_check, options.settle_ns,
                                moved)
         reader = TreeReader(self.records)
