@@ -167,16 +167,16 @@ class Compressor:
 
     def __init__(self, spec: CompressionSpec, xz_dict_max: Optional[int] = None) -> None:
         self.spec = spec
-        # The largest xz dictionary (the preset's if None or larger).
-        self.xz_dict_max = xz_dict_max
+        # The largest xz dictionary: the preset's, or xz_dict_max if smaller.
+        preset_dict = XZ_PRESET_DICT[spec.level or 0] if spec.name == "xz" else 0
+        self._xz_dict_top = min(preset_dict, xz_dict_max or preset_dict)
         # Filter chains for xz by dictionary size, built once each.
         self._filters: Dict[int, List[Dict[str, int]]] = {}
 
     def _xz_filters(self, size: int) -> List[Dict[str, int]]:
         preset = self.spec.level or 0
-        top = min(XZ_PRESET_DICT[preset], self.xz_dict_max or XZ_PRESET_DICT[preset])
         dict_size = XZ_MIN_DICT
-        while dict_size < size and dict_size < top:
+        while dict_size < size and dict_size < self._xz_dict_top:
             dict_size <<= 1
         filters = self._filters.get(dict_size)
         if filters is None:

@@ -179,8 +179,9 @@ class Packer:
             return
         refs: Dict[int, ChunkRef] = {}
         cut_keys: List[bytes] = []
-        # Cut short (a checkpoint, the end), not by the rule of PackParams:
-        # the lanes apart may each be below the minimum in any cut.
+        # Thorough only for a cut made before the lanes together reached the
+        # minimum (a checkpoint, the end): either lane alone may be below it
+        # in a cut the rule makes.
         main_compressor = self._thorough if self._size < self.params.min_size \
             else self._main.compressor
         for lane in (self._main, self._raw) if self._raw is not self._main else (self._main,):

@@ -206,8 +206,9 @@ class StorePipeline:
                 # one before, and no single wait would time out.
                 while True:
                     done = wait([future], max(0.0, self._next_tick - time.monotonic())).done
-                    if time.monotonic() >= self._next_tick:
-                        self._next_tick = time.monotonic() + WAIT_TICK
+                    now = time.monotonic()
+                    if now >= self._next_tick:
+                        self._next_tick = now + WAIT_TICK
                         if self.on_wait is not None:
                             self.on_wait()
                     if done:
